@@ -1,0 +1,4 @@
+"""multimask: several named masks per detected object, on stock detectron2."""
+from .config import add_multimask_config
+from .structures import MultiMasks
+from . import modeling  # registers MultiMaskRCNN, MultiMaskROIHeads, MultiMaskRCNNConvUpsampleHead

@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+from setuptools import find_packages, setup
+
+setup(
+    name="multimask",
+    version="0.1.0",
+    description="Several named masks per detected object (amodal / visible / occluded, parts) on detectron2",
+    packages=find_packages(exclude=("tests", "benchmarks", "configs", "demo", "tools")),
+    python_requires=">=3.8",
+    # detectron2 has no PyPI release: install it first (tools/setup_env.sh does, see README.md).
+    install_requires=[
+        "torch>=1.10",
+        "torchvision",
+        "fvcore",
+        "iopath",
+        "yacs",
+        "pycocotools>=2.0.2",
+        "opencv-python-headless",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+)
