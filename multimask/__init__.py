@@ -1,4 +1,5 @@
 """multimask: several named masks per detected object, on stock detectron2."""
 from .config import add_multimask_config
+from .evaluation import MultiMaskCOCOEvaluator
 from .structures import MultiMasks
 from . import modeling  # registers MultiMaskRCNN, MultiMaskROIHeads, MultiMaskRCNNConvUpsampleHead

@@ -1,0 +1,1 @@
+from .coco_evaluation import MultiMaskCOCOEvaluator, SubsetCOCOeval
