@@ -7,16 +7,21 @@ Train and evaluate multi-mask R-CNN models, with detectron2's command line:
     python train_net.py --config-file <yaml> --resume                 # continue OUTPUT_DIR/last_checkpoint
     python train_net.py --config-file <yaml> --num-gpus 2 MODEL.DEVICE cpu   # 2 gloo processes on CPU
     python train_net.py --config-file <yaml> --trainer simple        # the explicit loop of plain_train_loop
+
+A ``.py`` config is a detectron2 LazyConfig (see configs/common/), run by multimask.engine.lazy_train with
+dotted overrides:
+
+    python train_net.py --config-file configs/quick_schedules/multimask_R18_FPN_quick_synthetic.py \
+        train.max_iter=100 model.roi_heads.mask_head.loss_weights=[1,0.5]
 """
 import logging
 
-from detectron2.config import get_cfg
 from detectron2.engine import create_ddp_model, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from multimask import add_multimask_config
+from multimask.config import get_multimask_cfg
 from multimask.engine import (
     AtomicDetectionCheckpointer,
     MultiMaskTrainer,
@@ -25,21 +30,24 @@ from multimask.engine import (
     do_test,
     do_train,
 )
+from multimask.engine.lazy_train import lazy_main
 
 logger = logging.getLogger("multimask")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_multimask_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # imports MULTIMASK.CUSTOM_IMPORTS (and runs their add_config) before merging the file
+    cfg = get_multimask_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
 
 
 def main(args):
+    if args.config_file.endswith(".py"):
+        if args.trainer != "default":
+            raise ValueError("--trainer applies to YAML configs; a .py config trains with lazy_train")
+        return lazy_main(args)
     cfg = setup(args)
     if args.eval_only:
         check_datasets(cfg)
@@ -62,7 +70,9 @@ def main(args):
 
     trainer = MultiMaskTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    trainer.train()
+    # DefaultTrainer returns results only with TEST.EXPECTED_RESULTS; its EvalHook keeps the last ones.
+    return getattr(trainer, "_last_eval_results", None)
 
 
 def get_parser():

@@ -1,3 +1,3 @@
 from .checkpoint import AtomicDetectionCheckpointer
 from .plain_train_loop import do_test, do_train
-from .trainer import MultiMaskTrainer, check_datasets, ddp_kwargs
+from .trainer import MultiMaskTrainer, check_datasets, check_num_classes, ddp_kwargs

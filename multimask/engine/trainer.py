@@ -4,15 +4,21 @@ import os
 import weakref
 from typing import Dict
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import hooks
 from detectron2.utils import comm
 
 from ..data import MultiMaskDatasetMapper, check_mask_names
 from ..evaluation import MultiMaskCOCOEvaluator
 from .checkpoint import AtomicDetectionCheckpointer
+from .hooks import build_validation_loss_hook
 
-__all__ = ["MultiMaskTrainer", "ddp_kwargs", "check_datasets"]
+__all__ = ["MultiMaskTrainer", "ddp_kwargs", "check_datasets", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +37,26 @@ def check_datasets(cfg) -> None:
     check_mask_names(names, cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
 
 
+def check_num_classes(cfg) -> None:
+    """
+    Fail before the first step if ``MODEL.ROI_HEADS.NUM_CLASSES`` differs from the training data's classes
+    (known once the train loader has loaded the datasets); a mismatch otherwise trains silently wrong.
+    """
+    for name in cfg.DATASETS.TRAIN:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            raise ValueError(
+                f"Dataset '{name}' has {len(classes)} classes {list(classes)[:10]}... but "
+                f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; set it to {len(classes)}."
+            )
+
+
 class MultiMaskTrainer(DefaultTrainer):
     """
     DefaultTrainer (hooks, writers, EvalHook, PeriodicCheckpointer, ``resume_or_load``) whose loaders use
     ``MultiMaskDatasetMapper``, whose evaluator is ``MultiMaskCOCOEvaluator`` and whose checkpoints are
     written atomically. ``__init__`` builds the same parts as DefaultTrainer's, with two changes:
-    the datasets' mask names are checked first, and DDP gets ``device_ids=None`` on the CPU.
+    the datasets' mask names and class count are checked before the first step, and DDP gets ``device_ids=None`` on the CPU.
     """
 
     def __init__(self, cfg):
@@ -46,6 +66,7 @@ class MultiMaskTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        check_num_classes(cfg)
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs(cfg))
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
@@ -57,6 +78,16 @@ class MultiMaskTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks plus the validation loss (``MULTIMASK.VAL_LOSS_MAX_IMAGES``)."""
+        ret = super().build_hooks()
+        val_loss = build_validation_loss_hook(self.cfg, self.model)
+        if val_loss is not None:
+            # before the PeriodicWriter (main process only), so each evaluation is written with its step
+            writer = [i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)]
+            ret.insert(writer[0] if writer else len(ret), val_loss)
+        return ret
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,0 +1,31 @@
+"""
+The multi-mask R-CNN R-50-FPN model as a LazyConfig: detectron2's own model-zoo Mask R-CNN FPN
+(``common/models/mask_rcnn_fpn.py``) with the multi-mask meta-architecture, ROI heads and mask head.
+It builds the same modules (names, shapes, frozen stages) as ``configs/Base-MultiMask-RCNN-FPN.yaml``.
+"""
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.model_zoo import get_config
+
+from multimask.modeling import MultiMaskRCNN, MultiMaskRCNNConvUpsampleHead, MultiMaskROIHeads
+
+model = get_config("common/models/mask_rcnn_fpn.py").model
+model._target_ = MultiMaskRCNN
+model.backbone.bottom_up.freeze_at = 2  # the YAML default (MODEL.BACKBONE.FREEZE_AT)
+model.roi_heads._target_ = MultiMaskROIHeads
+model.roi_heads.mask_head = L(MultiMaskRCNNConvUpsampleHead)(
+    input_shape=ShapeSpec(channels=256, width=14, height=14),
+    # 0 = class-agnostic masks (CLS_AGNOSTIC_MASK)
+    num_classes="${..num_classes}",
+    mask_names=["primary", "secondary"],
+    # NUM_CONV convs of CONV_DIM channels, then the deconv's channels
+    conv_dims=[256, 256, 256, 256, 256],
+    conv_norm="",
+    shared_convs=-1,
+    # [] = 1.0 for every mask
+    loss_weights=[],
+    # None = the first of mask_names
+    primary=None,
+    # e.g. [["containment", "visible", "amodal", 0.1]]; see multimask/modeling/relations.py
+    relations=[],
+)
