@@ -3,3 +3,4 @@ from .config import add_multimask_config
 from .evaluation import MultiMaskCOCOEvaluator
 from .structures import MultiMasks
 from . import modeling  # registers MultiMaskRCNN, MultiMaskROIHeads, MultiMaskRCNNConvUpsampleHead
+from . import data  # registers builtin datasets

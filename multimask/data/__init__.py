@@ -1,0 +1,16 @@
+"""Multi-mask data: dataset loaders and registration, and the mapper that emits ``gt_multimask``."""
+
+from .dataset_mapper import MultiMaskDatasetMapper
+from .datasets import builtin  # registers kins_*, cocoa_*, d2sa_* and multimask_synthetic_*
+from .datasets import (
+    AMODAL_FORMATS,
+    AMODAL_MASK_NAMES,
+    SYNTHETIC_CLASSES,
+    load_amodal_json,
+    load_multimask_coco_json,
+    load_synthetic_dataset,
+    register_amodal_instances,
+    register_multimask_coco_instances,
+    register_synthetic_dataset,
+)
+from .detection_utils import check_mask_names, multimask_annotations_to_instances

@@ -1,0 +1,144 @@
+"""``MultiMaskDatasetMapper``: detectron2's DatasetMapper for annotations with several masks."""
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from detectron2.config import configurable
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from ..config import primary_mask_name
+from .detection_utils import check_mask_names, multimask_annotations_to_instances
+
+__all__ = ["MultiMaskDatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+class MultiMaskDatasetMapper:
+    """
+    Map a standard dataset dict whose annotations carry ``multimask`` into model inputs.
+
+    It does what detectron2's ``DatasetMapper`` does (read the image, apply the configured
+    augmentations, build ``Instances``), and every mask of every instance goes through the same
+    transforms as the image and boxes, polygons and RLE alike. In training,
+    ``dataset_dict["instances"]`` has ``gt_boxes``, ``gt_classes``, ``gt_multimask`` (MultiMasks in
+    ``mask_names`` order, with not-annotated masks flagged) and ``gt_masks`` (BitMasks of the
+    primary mask). Crowd annotations and instances whose box becomes empty are dropped, with all
+    their masks. Masks are always bitmasks (``INPUT.MASK_FORMAT`` is not used): MultiMasks stores
+    (N, K, H, W) bits.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: List[Union[T.Augmentation, T.Transform]],
+        image_format: str,
+        mask_names: Sequence[str],
+        primary: Optional[str] = None,
+        recompute_boxes: bool = False,
+    ):
+        """
+        Args:
+            is_train: whether annotations are turned into ``instances`` (True) or dropped (False).
+            augmentations: augmentations or deterministic transforms to apply.
+            image_format: an image format supported by ``detection_utils.read_image``.
+            mask_names: the K mask names of ``gt_multimask``, in order.
+            primary: the mask name given as ``gt_masks``; None = the first of mask_names.
+            recompute_boxes: overwrite the boxes by the tight boxes of the union of each instance's
+                masks (set when cropping).
+        """
+        if primary is not None and primary not in mask_names:
+            raise ValueError(
+                f"primary mask {primary!r} is not one of mask_names {list(mask_names)}"
+            )
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.mask_names = list(mask_names)
+        self.primary = primary or self.mask_names[0]
+        self.recompute_boxes = recompute_boxes
+        mode = "training" if is_train else "inference"
+        logger.info(
+            f"[MultiMaskDatasetMapper] Augmentations used in {mode}: {augmentations}; masks "
+            f"{self.mask_names} (primary {self.primary!r})"
+        )
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
+        augs = utils.build_augmentation(cfg, is_train)
+        recompute_boxes = False
+        if cfg.INPUT.CROP.ENABLED and is_train:
+            augs.insert(0, T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+            recompute_boxes = True
+        mask_names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
+        if is_train:
+            # fail at start-up rather than at the first batch
+            check_mask_names(cfg.DATASETS.TRAIN, mask_names)
+        return {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": cfg.INPUT.FORMAT,
+            "mask_names": mask_names,
+            "primary": primary_mask_name(cfg),
+            "recompute_boxes": recompute_boxes,
+        }
+
+    def _read_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
+        file_name = dataset_dict["file_name"]
+        image_id = dataset_dict.get("image_id")
+        if not os.path.isfile(file_name):
+            raise FileNotFoundError(f"image id {image_id}: image file {file_name} does not exist")
+        try:
+            image = utils.read_image(file_name, format=self.image_format)
+        except Exception as e:  # PIL raises several types for corrupt or truncated files
+            raise ValueError(f"image id {image_id}: cannot read image file {file_name}: {e}") from e
+        utils.check_image_size(dataset_dict, image)
+        return image
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """
+        Args:
+            dataset_dict: one image in detectron2's standard format, annotations with ``multimask``.
+
+        Returns:
+            dict: ``image`` (Tensor of shape (C, H, W), uint8), ``height``, ``width``,
+            ``file_name``, ``image_id`` and, in training, ``instances``.
+        """
+        # A shallow copy is enough: the annotations are read, never modified, which saves the
+        # deep copy of every polygon that detectron2's mapper makes.
+        dataset_dict = dict(dataset_dict)
+        annos = dataset_dict.pop("annotations", None)
+        image = self._read_image(dataset_dict)
+        original_size = image.shape[:2]
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        if not self.is_train or annos is None:
+            return dataset_dict
+        annos = [a for a in annos if a.get("iscrowd", 0) == 0]
+        try:
+            dataset_dict["instances"] = multimask_annotations_to_instances(
+                annos,
+                image_shape,
+                self.mask_names,
+                self.primary,
+                transforms=transforms,
+                original_size=original_size,
+                recompute_boxes=self.recompute_boxes,
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"image id {dataset_dict.get('image_id')} ({dataset_dict['file_name']}): {e}"
+            ) from e
+        return dataset_dict

@@ -1,0 +1,173 @@
+"""
+Readers of the public amodal segmentation datasets, as mask-field mappings onto the generic loader.
+
+Every format gives the masks ``amodal``, ``visible`` and ``occluded`` (= amodal - visible), read
+directly from the released JSON files (no conversion step):
+
+- ``kins_2020``: KINS as re-released in 2020 (``update_train_2020.json``): ``a_segm`` / ``i_segm``
+  polygons, ``a_bbox`` / ``i_bbox``, categories 1-8.
+- ``kins_2019``: the original KINS release (``instances_train.json``): ``segmentation`` amodal
+  polygons, ``inmodal_seg`` visible polygons or RLE, ``bbox`` amodal, ``inmodal_bbox``.
+- ``cocoa``: COCOA as released (``COCO_amodal_train2014.json``): one annotation per image with a
+  ``regions`` list; each region has a flat amodal polygon ``segmentation``, ``visible_mask`` /
+  ``invisible_mask`` RLE only when occluded, ``occlude_rate``, ``order`` and a free-form ``name``.
+  COCOA has no categories: every region is one class, ``object``.
+- ``cocoa_cls``: COCOA flattened with COCO classes (COCOA-cls, ``COCO_amodal_*_with_classes.json``):
+  one annotation per object with ``segmentation``, ``visible_mask``, ``invisible_mask``,
+  ``occlude_rate``.
+- ``d2sa``: MVTec D2S amodal (``D2S_amodal_*.json``): ``segmentation`` amodal, ``visible_mask``,
+  ``occlude_rate``.
+
+COCOA and D2SA omit the visible mask of unoccluded objects, so their mapping falls back to the
+amodal mask.
+"""
+
+from typing import Any, Dict, List, Mapping, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .coco import EVALUATOR_TYPE, multimask_dicts_from_coco, read_json
+from .mask_fields import MaskFields
+
+__all__ = [
+    "AMODAL_FORMATS",
+    "AMODAL_MASK_NAMES",
+    "amodal_metadata",
+    "flatten_cocoa_regions",
+    "load_amodal_json",
+    "register_amodal_instances",
+]
+
+AMODAL_MASK_NAMES = ["amodal", "visible", "occluded"]
+
+_VISIBLE_OR_AMODAL = {
+    "amodal": "segmentation",
+    "visible": "visible_mask or amodal",
+    "occluded": "amodal - visible",
+}
+
+# format -> keyword arguments of multimask_dicts_from_coco
+AMODAL_FORMATS: Dict[str, Dict[str, Any]] = {
+    "kins_2020": {
+        "mask_fields": {"amodal": "a_segm", "visible": "i_segm", "occluded": "amodal - visible"},
+        "bbox_field": "a_bbox",
+    },
+    "kins_2019": {
+        "mask_fields": {
+            "amodal": "segmentation",
+            "visible": "inmodal_seg",
+            "occluded": "amodal - visible",
+        },
+        "bbox_field": "bbox",
+    },
+    # regions have no box: it is computed from the amodal polygon
+    "cocoa": {
+        "mask_fields": _VISIBLE_OR_AMODAL,
+        "bbox_field": "bbox",
+        "extra_annotation_keys": ("order",),
+    },
+    "cocoa_cls": {"mask_fields": _VISIBLE_OR_AMODAL, "bbox_field": "bbox"},
+    "d2sa": {"mask_fields": _VISIBLE_OR_AMODAL, "bbox_field": "bbox"},
+}
+
+COCOA_CATEGORIES = [{"id": 1, "name": "object"}]
+
+
+def flatten_cocoa_regions(coco: Mapping[str, Any], json_file: str) -> Dict[str, Any]:
+    """
+    Turn the original COCOA layout (one annotation per image, a list of ``regions``) into one
+    annotation per region, with one category ``object``.
+
+    Args:
+        coco: the loaded COCOA JSON.
+        json_file: its path, for error messages.
+
+    Returns:
+        dict: a COCO-style dict; each annotation's ``id`` is "<annotation id> region <index>", so
+        that errors name the region.
+    """
+    anns = coco.get("annotations") if isinstance(coco, Mapping) else None
+    if not isinstance(anns, list):
+        raise ValueError(f"{json_file}: a COCOA JSON needs a list 'annotations'")
+    flat = []
+    for ann in anns:
+        if not isinstance(ann, dict):
+            raise ValueError(f"{json_file}: annotation {ann!r} is not a dict")
+        regions = ann.get("regions")
+        if not isinstance(regions, list):
+            raise ValueError(
+                f"{json_file}: annotation id {ann.get('id')} has no 'regions' list: not the "
+                "original COCOA layout (use format 'cocoa_cls' for one annotation per object)"
+            )
+        for i, region in enumerate(regions):
+            if not isinstance(region, dict):
+                raise ValueError(
+                    f"{json_file}: annotation id {ann.get('id')} region {i} is not a dict"
+                )
+            flat.append(
+                dict(
+                    region,
+                    id=f"{ann.get('id')} region {i}",
+                    image_id=ann.get("image_id"),
+                    category_id=1,
+                )
+            )
+    return {"images": coco.get("images"), "annotations": flat, "categories": COCOA_CATEGORIES}
+
+
+def load_amodal_json(
+    json_file: str, image_root: str, fmt: str, dataset_name: Optional[str] = None
+) -> List[Dict[str, Any]]:
+    """
+    Load one of the amodal formats into standard dataset dicts with ``amodal``, ``visible`` and
+    ``occluded`` masks.
+
+    Args:
+        json_file: the released annotation file.
+        image_root: directory of its images.
+        fmt: one of ``AMODAL_FORMATS`` ("kins_2020", "kins_2019", "cocoa", "cocoa_cls", "d2sa").
+        dataset_name: if given, its metadata receives the classes.
+    """
+    if fmt not in AMODAL_FORMATS:
+        raise ValueError(f"unknown amodal format {fmt!r}; known: {sorted(AMODAL_FORMATS)}")
+    coco = read_json(json_file)
+    if fmt == "cocoa":
+        coco = flatten_cocoa_regions(coco, json_file)
+    return multimask_dicts_from_coco(
+        coco, json_file, image_root, dataset_name=dataset_name, **AMODAL_FORMATS[fmt]
+    )
+
+
+def register_amodal_instances(
+    name: str,
+    fmt: str,
+    json_file: str,
+    image_root: str,
+    metadata: Optional[Mapping[str, Any]] = None,
+) -> None:
+    """
+    Register a dataset in one of the amodal formats under `name`, loaded on first use.
+
+    Args:
+        name: the dataset name.
+        fmt: one of ``AMODAL_FORMATS``.
+        json_file, image_root: the annotation file and image directory.
+        metadata: extra metadata.
+    """
+    if fmt not in AMODAL_FORMATS:
+        raise ValueError(f"unknown amodal format {fmt!r}; known: {sorted(AMODAL_FORMATS)}")
+    DatasetCatalog.register(name, lambda: load_amodal_json(json_file, image_root, fmt, name))
+    MetadataCatalog.get(name).set(**amodal_metadata(fmt, json_file, image_root), **(metadata or {}))
+
+
+def amodal_metadata(fmt: str, json_file: str, image_root: str) -> Dict[str, Any]:
+    """The metadata known before a dataset of format `fmt` is loaded (loading sets the classes)."""
+    fields = MaskFields(AMODAL_FORMATS[fmt]["mask_fields"])
+    return {
+        "json_file": json_file,
+        "image_root": image_root,
+        "evaluator_type": EVALUATOR_TYPE,
+        "mask_names": list(fields.names),
+        "mask_fields": dict(fields.mask_fields),
+        "amodal_format": fmt,
+    }

@@ -1,0 +1,110 @@
+"""
+Builtin dataset names, registered on import and loaded on first use.
+
+The amodal datasets are read from ``$DETECTRON2_DATASETS`` (default ``datasets``), as detectron2's
+own builtins are, with this layout::
+
+    $DETECTRON2_DATASETS/
+      kins/training/image_2/  kins/testing/image_2/
+      kins/annotations/update_train_2020.json   update_test_2020.json     (KINS 2020)
+      kins/annotations/instances_train.json     instances_val.json        (KINS 2019)
+      coco/train2014/  coco/val2014/
+      cocoa/annotations/COCO_amodal_train2014.json  COCO_amodal_val2014.json            (COCOA)
+      cocoa/annotations/COCO_amodal_train2014_with_classes.json                         (COCOA-cls)
+      cocoa/annotations/COCO_amodal_val2014_with_classes.json
+      d2s/images/
+      d2s/annotations/D2S_amodal_training_rot0.json  D2S_amodal_validation.json
+
+Loading a name whose files are missing raises FileNotFoundError naming the expected path. The
+synthetic datasets ``multimask_synthetic_train`` / ``multimask_synthetic_val`` are generated on
+first use into ``$MULTIMASK_CACHE/synthetic`` (see :mod:`multimask.data.datasets.synthetic`).
+"""
+
+import os
+from typing import Dict, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.file_io import PathManager
+
+from .amodal import amodal_metadata, load_amodal_json
+from .synthetic import register_synthetic_dataset
+
+__all__ = ["BUILTIN_AMODAL_SPLITS", "BUILTIN_SYNTHETIC_SPLITS", "register_all_amodal"]
+
+# name -> (format, image directory, annotation file), relative to $DETECTRON2_DATASETS
+BUILTIN_AMODAL_SPLITS: Dict[str, Tuple[str, str, str]] = {
+    "kins_2020_train": (
+        "kins_2020",
+        "kins/training/image_2",
+        "kins/annotations/update_train_2020.json",
+    ),
+    "kins_2020_test": (
+        "kins_2020",
+        "kins/testing/image_2",
+        "kins/annotations/update_test_2020.json",
+    ),
+    "kins_2019_train": (
+        "kins_2019",
+        "kins/training/image_2",
+        "kins/annotations/instances_train.json",
+    ),
+    "kins_2019_test": ("kins_2019", "kins/testing/image_2", "kins/annotations/instances_val.json"),
+    "cocoa_train": ("cocoa", "coco/train2014", "cocoa/annotations/COCO_amodal_train2014.json"),
+    "cocoa_val": ("cocoa", "coco/val2014", "cocoa/annotations/COCO_amodal_val2014.json"),
+    "cocoa_cls_train": (
+        "cocoa_cls",
+        "coco/train2014",
+        "cocoa/annotations/COCO_amodal_train2014_with_classes.json",
+    ),
+    "cocoa_cls_val": (
+        "cocoa_cls",
+        "coco/val2014",
+        "cocoa/annotations/COCO_amodal_val2014_with_classes.json",
+    ),
+    "d2sa_train": ("d2sa", "d2s/images", "d2s/annotations/D2S_amodal_training_rot0.json"),
+    "d2sa_val": ("d2sa", "d2s/images", "d2s/annotations/D2S_amodal_validation.json"),
+}
+
+# name -> (number of images, seed); the two splits draw from disjoint random streams
+BUILTIN_SYNTHETIC_SPLITS: Dict[str, Tuple[int, int]] = {
+    "multimask_synthetic_train": (300, 0),
+    "multimask_synthetic_val": (60, 1),
+}
+
+
+def _load_builtin(name: str, fmt: str, json_file: str, image_root: str, root: str):
+    for path, what in ((json_file, "annotation file"), (image_root, "image directory")):
+        if not PathManager.exists(path):
+            raise FileNotFoundError(
+                f"builtin dataset '{name}': its {what} {path} does not exist. Builtin datasets are "
+                f"read from $DETECTRON2_DATASETS (now {root!r}); the expected layout is in "
+                "multimask/data/datasets/builtin.py."
+            )
+    return load_amodal_json(json_file, image_root, fmt, name)
+
+
+def register_all_amodal(root: str) -> None:
+    """
+    Register every name of ``BUILTIN_AMODAL_SPLITS`` with its files under `root`.
+
+    Args:
+        root: the datasets directory ($DETECTRON2_DATASETS).
+    """
+    for name, (fmt, image_dir, json_rel) in BUILTIN_AMODAL_SPLITS.items():
+        json_file, image_root = os.path.join(root, json_rel), os.path.join(root, image_dir)
+        DatasetCatalog.register(
+            name,
+            lambda name=name, fmt=fmt, j=json_file, i=image_root: _load_builtin(
+                name, fmt, j, i, root
+            ),
+        )
+        MetadataCatalog.get(name).set(**amodal_metadata(fmt, json_file, image_root))
+
+
+def _register_all_synthetic() -> None:
+    for name, (num_images, seed) in BUILTIN_SYNTHETIC_SPLITS.items():
+        register_synthetic_dataset(name, num_images, seed)
+
+
+register_all_amodal(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+_register_all_synthetic()

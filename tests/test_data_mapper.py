@@ -1,0 +1,209 @@
+"""MultiMaskDatasetMapper: every mask follows the image through flip / resize / crop."""
+
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+from detectron2.structures.masks import polygons_to_bitmask
+
+from multimask import add_multimask_config
+from multimask.data import MultiMaskDatasetMapper, register_multimask_coco_instances
+
+from .test_data_coco import rle_of, write_dataset
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+H0, W0 = 40, 60
+POLY = [8.0, 6.0, 40.0, 9.0, 34.0, 33.0, 12.0, 28.0]  # amodal, a quadrilateral
+VISIBLE = np.zeros((H0, W0), dtype=bool)
+VISIBLE[10:30, 20:38] = True  # an RLE mask overlapping it
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = str(tmp_path / "img.png")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(path, rng.integers(0, 255, (H0, W0, 3), dtype=np.uint8))
+    return path
+
+
+def dataset_dict(file_name, annotations):
+    return {
+        "file_name": file_name,
+        "height": H0,
+        "width": W0,
+        "image_id": 42,
+        "annotations": annotations,
+    }
+
+
+def annotation(poly=POLY, visible=VISIBLE, category_id=1, bbox=(8, 6, 40, 33)):
+    return {
+        "bbox": list(bbox),
+        "bbox_mode": BoxMode.XYXY_ABS,
+        "category_id": category_id,
+        "iscrowd": 0,
+        "segmentation": [poly],
+        "multimask": {"amodal": [poly], "visible": None if visible is None else rle_of(visible)},
+    }
+
+
+def mapper(transforms, mask_names=("amodal", "visible"), **kwargs):
+    return MultiMaskDatasetMapper(
+        True,
+        augmentations=list(transforms),
+        image_format="BGR",
+        mask_names=list(mask_names),
+        **kwargs,
+    )
+
+
+TRANSFORMS = {
+    "flip": [T.HFlipTransform(W0)],
+    "resize": [T.ResizeTransform(H0, W0, 73, 101)],
+    "crop": [T.CropTransform(5, 4, 44, 30)],
+    "resize_flip_crop": [
+        T.ResizeTransform(H0, W0, 80, 120),
+        T.HFlipTransform(120),
+        T.CropTransform(20, 10, 90, 60),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_masks_follow_the_image(image_file, name):
+    transforms = T.TransformList(TRANSFORMS[name])
+    out = mapper(TRANSFORMS[name])(dataset_dict(image_file, [annotation()]))
+    image = cv2.imread(image_file)
+    expected_image = transforms.apply_image(image)
+    assert tuple(out["image"].shape) == (3,) + expected_image.shape[:2]
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), expected_image)
+
+    inst = out["instances"]
+    h, w = expected_image.shape[:2]
+    assert inst.image_size == (h, w) and len(inst) == 1
+    got = inst.gt_multimask.tensor[0].numpy()  # (K, h, w)
+    # the RLE mask goes exactly as the image does
+    np.testing.assert_array_equal(
+        got[1], transforms.apply_segmentation(VISIBLE.astype(np.uint8)) > 0
+    )
+    # a polygon is rasterised after the transform: as if the transformed polygon were rasterised...
+    moved = transforms.apply_coords(np.array(POLY).reshape(-1, 2)).ravel()
+    np.testing.assert_array_equal(got[0], polygons_to_bitmask([moved], h, w))
+    # ...and, up to boundary pixels, as transforming the rasterised mask
+    warped = (
+        transforms.apply_segmentation(
+            polygons_to_bitmask([np.array(POLY)], H0, W0).astype(np.uint8)
+        )
+        > 0
+    )
+    iou = (warped & got[0]).sum() / (warped | got[0]).sum()
+    assert iou > 0.85, iou
+    # the box goes with them
+    box = inst.gt_boxes.tensor[0].numpy()
+    expected_box = transforms.apply_box(np.array([[8, 6, 40, 33]], dtype=np.float64))[0]
+    expected_box[0::2] = expected_box[0::2].clip(0, w)
+    expected_box[1::2] = expected_box[1::2].clip(0, h)
+    np.testing.assert_allclose(box, expected_box, atol=1e-4)
+    np.testing.assert_array_equal(inst.gt_masks.tensor[0].numpy(), got[0])  # primary = amodal
+
+
+def test_empty_boxes_dropped_with_all_their_masks(image_file):
+    inside = annotation(category_id=2)
+    outside_poly = [50.0, 32.0, 58.0, 32.0, 58.0, 38.0, 50.0, 38.0]
+    outside_visible = np.zeros((H0, W0), dtype=bool)
+    outside_visible[33:37, 51:57] = True
+    outside = annotation(outside_poly, outside_visible, category_id=0, bbox=(50, 32, 58, 38))
+    crowd = dict(annotation(category_id=3), iscrowd=1)
+    crop = T.CropTransform(0, 0, 45, 30)  # cuts the second object away entirely
+    out = mapper([crop])(dataset_dict(image_file, [outside, crowd, inside]))
+    inst = out["instances"]
+    assert len(inst) == len(inst.gt_multimask) == len(inst.gt_masks) == 1
+    assert inst.gt_classes.tolist() == [2]
+    np.testing.assert_array_equal(inst.gt_multimask.tensor[0, 1].numpy(), VISIBLE[:30, :45])
+
+
+def test_recompute_boxes_uses_the_union_of_masks(image_file):
+    crop = T.CropTransform(20, 0, 40, 40)
+    out = mapper([crop], recompute_boxes=True)(
+        dataset_dict(image_file, [annotation(bbox=(0, 0, 60, 40))])
+    )
+    union = out["instances"].gt_multimask.tensor[0].any(dim=0)
+    ys, xs = torch.nonzero(union, as_tuple=True)
+    expected = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert out["instances"].gt_boxes.tensor[0].tolist() == [float(v) for v in expected]
+
+
+def test_not_annotated_masks_are_flagged_and_extra_names_ignored(image_file):
+    a = annotation(visible=None)
+    a["multimask"]["occluded"] = [POLY]  # a name the config does not ask for
+    out = mapper([], mask_names=("visible", "amodal"), primary="amodal")(
+        dataset_dict(image_file, [a])
+    )
+    mm = out["instances"].gt_multimask
+    assert mm.mask_names == ("visible", "amodal")
+    assert mm.annotated.tolist() == [[False, True]]
+    assert not mm.tensor[0, 0].any() and mm.tensor[0, 1].any()
+    np.testing.assert_array_equal(
+        out["instances"].gt_masks.tensor[0].numpy(), mm.tensor[0, 1].numpy()
+    )
+
+
+def test_no_annotations_and_inference_mode(image_file):
+    out = mapper([])(dataset_dict(image_file, []))
+    assert tuple(out["instances"].gt_multimask.tensor.shape) == (0, 2, H0, W0)
+    test_mapper = MultiMaskDatasetMapper(
+        False, augmentations=[], image_format="BGR", mask_names=["amodal"]
+    )
+    out = test_mapper(dataset_dict(image_file, [annotation()]))
+    assert "instances" not in out and "annotations" not in out and out["image_id"] == 42
+
+
+def test_from_cfg_reads_augmentations_names_and_checks_the_dataset(tmp_path):
+    json_file, image_root = write_dataset(tmp_path, [])
+    name = f"test_mapper_{uuid.uuid4().hex}"
+    fields = {"amodal": "segmentation", "visible": "visible_mask", "occluded": "amodal - visible"}
+    register_multimask_coco_instances(name, {}, json_file, image_root, fields)
+    cfg = get_cfg()
+    add_multimask_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES = ["amodal", "visible"]
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.PRIMARY = "visible"
+    cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+    cfg.INPUT.CROP.ENABLED = True
+    m = MultiMaskDatasetMapper(cfg, is_train=True)
+    assert (m.mask_names, m.primary, m.recompute_boxes) == (["amodal", "visible"], "visible", True)
+    augs = [type(a).__name__ for a in m.augmentations.augs]
+    assert augs == ["RandomCrop", "ResizeShortestEdge", "RandomFlip"]
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES = ["visible", "modal"]
+    with pytest.raises(
+        ValueError, match=r"\['modal'\].*provides \['amodal', 'visible', 'occluded'\]"
+    ):
+        MultiMaskDatasetMapper(cfg, is_train=True)
+    MultiMaskDatasetMapper(cfg, is_train=False)  # inference does not need the masks
+
+
+def test_missing_or_unreadable_image_names_file_and_id(tmp_path):
+    missing = str(tmp_path / "missing.png")
+    with pytest.raises(
+        FileNotFoundError, match=r"image id 42: image file .*missing\.png does not exist"
+    ):
+        mapper([])(dataset_dict(missing, []))
+    corrupt = str(tmp_path / "corrupt.png")
+    with open(corrupt, "wb") as f:
+        f.write(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"image id 42: cannot read image file .*corrupt\.png"):
+        mapper([])(dataset_dict(corrupt, []))
+
+
+def test_rle_of_wrong_size_at_map_time_names_the_image(image_file):
+    a = annotation()
+    a["multimask"]["visible"] = rle_of(np.ones((H0 + 2, W0), dtype=bool))
+    with pytest.raises(ValueError, match=r"image id 42 \(.*img\.png\): RLE size \[42, 60\]"):
+        mapper([])(dataset_dict(image_file, [a]))
