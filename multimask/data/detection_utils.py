@@ -196,10 +196,10 @@ def multimask_annotations_to_instances(
                     polygons_per_mask.append(len(valid))
             else:
                 annotated[i, j] = True
-                bitmask = segmentation_to_bitmask(segm, h0, w0)
+                bitmask = segmentation_to_bitmask(segm, h0, w0).view(np.uint8)
                 if transforms is not None:
-                    bitmask = transforms.apply_segmentation(bitmask.view(np.uint8)) > 0
-                masks[i * k + j] = bitmask
+                    bitmask = transforms.apply_segmentation(bitmask)
+                np.greater(bitmask, 0, out=masks[i * k + j])
     if slots:
         _rasterize_polygons(polygons, polygons_per_mask, transforms, masks, slots)
 
