@@ -1,4 +1,5 @@
 """``MultiMaskRCNN``: GeneralizedRCNN whose postprocessing pastes every predicted mask to image size."""
+import copy
 from typing import Dict, List, Optional
 
 import torch
@@ -78,3 +79,25 @@ class MultiMaskRCNN(GeneralizedRCNN):
             width = inp.get("width", res.image_size[1])
             processed.append({"instances": multimask_postprocess(res, height, width, primary_index)})
         return processed
+
+    def __prepare_scriptable__(self) -> GeneralizedRCNN:
+        """
+        What ``torch.jit.script`` compiles: this model as a plain GeneralizedRCNN. TorchScript cannot
+        compile ``super()``, and a scripted detectron2 model only runs ``inference(...,
+        do_postprocess=False)``, where this class adds nothing; paste its masks with
+        ``multimask_postprocess``.
+        """
+        ret = copy.copy(self)
+        # Its own dict of (the same) submodules: scripting puts prepared copies of submodules into
+        # the dict, which must not reach this eager model.
+        ret._modules = self._modules.copy()
+        ret.__class__ = _ScriptableMultiMaskRCNN
+        return ret
+
+
+class _ScriptableMultiMaskRCNN(GeneralizedRCNN):
+    """GeneralizedRCNN's own forward/inference, as scripted for a MultiMaskRCNN (never run eagerly)."""
+
+    # scripting_with_instances marks `training` Final on the classes it finds before this one is
+    # swapped in; without it the training branch would be compiled and fail.
+    training: torch.jit.Final[bool]

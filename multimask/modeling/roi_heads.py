@@ -1,4 +1,6 @@
 """``MultiMaskROIHeads``: StandardROIHeads whose mask branch is built from ROI_MULTI_MASK_HEAD."""
+import torch
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
@@ -16,6 +18,11 @@ class MultiMaskROIHeads(StandardROIHeads):
     pooler and head read ``MODEL.ROI_MULTI_MASK_HEAD`` instead of ``MODEL.ROI_MASK_HEAD``. The mask branch
     is built when ``MODEL.MASK_ON`` is true.
     """
+
+    # detectron2's export patch marks these Final on StandardROIHeads only, and TorchScript reads a
+    # class's own annotations: without them, scripting compiles the absent keypoint branch and fails.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):

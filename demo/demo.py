@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""
+Run a multimask model on images, a video or a webcam, and draw every predicted mask name.
+
+    python demo/demo.py \\
+        --config-file configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml \\
+        --input "images/*.png" --output out/ --masks amodal,visible \\
+        --json-output out/results.json --opts MODEL.WEIGHTS output/model_final.pth
+"""
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+import time
+
+import cv2
+import torch
+import tqdm
+
+from detectron2.config import get_cfg
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import multimask  # noqa: E402,F401  (registers the model, its heads and the builtin datasets)
+from multimask import add_multimask_config  # noqa: E402
+from multimask.utils.export import instances_to_coco_json  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from predictor import VisualizationDemo  # noqa: E402
+
+WINDOW_NAME = "multimask detections"
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Codec by output extension; mp4v and MJPG come with opencv's bundled ffmpeg on every platform.
+_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "x264"}
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_multimask_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # detectron2's default device is cuda; on a machine without one, run rather than fail
+        logging.getLogger("multimask").warning("CUDA is not available: running on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="multimask demo")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    parser.add_argument("--webcam", action="store_true", help="take inputs from webcam")
+    parser.add_argument("--video-input", help="path to a video file")
+    parser.add_argument(
+        "--input", nargs="+", help="image files, or one glob pattern such as 'dir/*.jpg'"
+    )
+    parser.add_argument(
+        "--output",
+        help="a file (one image or a video) or a directory to save the drawings in; a path "
+        "ending in '/', or given several inputs, is a directory and is created. Without it, show "
+        "in a window.",
+    )
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="minimum score of a drawn instance"
+    )
+    parser.add_argument(
+        "--masks",
+        default="",
+        help="comma-separated mask names to draw, e.g. amodal,visible (default: all)",
+    )
+    parser.add_argument(
+        "--panels",
+        action="store_true",
+        help="one panel per mask name side by side, not one overlay",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="drawing size relative to the image (default: enlarge images under 512 px so "
+        "labels fit)",
+    )
+    parser.add_argument(
+        "--json-output",
+        metavar="FILE",
+        help="write COCO-style results (one RLE per mask name per instance) of all inputs to FILE",
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs to override"
+    )
+    return parser
+
+
+def _is_dir_output(output: str, num_inputs: int) -> bool:
+    return os.path.isdir(output) or output.endswith(os.sep) or num_inputs > 1
+
+
+def _expand_inputs(inputs):
+    if len(inputs) == 1 and not os.path.exists(inputs[0]):
+        inputs = sorted(glob.glob(os.path.expanduser(inputs[0])))
+    if not inputs:
+        raise FileNotFoundError("--input matched no file")
+    missing = [p for p in inputs if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"--input files not found: {missing}")
+    return inputs
+
+
+def _dataset_ids(metadata):
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if not mapping:
+        return None
+    inverse = {v: k for k, v in mapping.items()}
+    return [inverse[i] for i in range(len(inverse))]
+
+
+def run_images(demo, args, logger, records):
+    paths = _expand_inputs(args.input)
+    as_dir = args.output and _is_dir_output(args.output, len(paths))
+    if as_dir:
+        PathManager.mkdirs(args.output)
+    for idx, path in enumerate(tqdm.tqdm(paths, disable=not args.output)):
+        img = read_image(path, format="BGR")
+        start = time.time()
+        predictions, drawing = demo.run_on_image(img)
+        logger.info(f"{path}: detected {len(predictions)} instances in {time.time() - start:.2f}s")
+        records += instances_to_coco_json(
+            predictions,
+            idx,
+            demo.pred_mask_names,
+            file_name=path,
+            dataset_ids=_dataset_ids(demo.metadata),
+        )
+        if args.output:
+            out = os.path.join(args.output, os.path.basename(path)) if as_dir else args.output
+            if os.path.splitext(out)[1].lower() not in _IMAGE_EXTENSIONS:
+                out += ".png"
+            cv2.imwrite(out, drawing[:, :, ::-1])
+        else:
+            cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+            cv2.imshow(WINDOW_NAME, drawing[:, :, ::-1])
+            if cv2.waitKey(0) == 27:
+                break  # esc to quit
+
+
+def _open_writer(path, fps, frame_shape):
+    ext = os.path.splitext(path)[1].lower()
+    codec = _VIDEO_CODECS.get(ext)
+    if codec is None:
+        raise ValueError(f"video output {path}: use one of the extensions {sorted(_VIDEO_CODECS)}")
+    h, w = frame_shape[:2]
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, (w, h), True)
+    if not writer.isOpened():
+        raise RuntimeError(f"could not open a {codec} video writer for {path}; try a .mp4 output")
+    return writer
+
+
+def run_video(demo, args, logger, records):
+    if args.webcam:
+        video, source = cv2.VideoCapture(0), "webcam"
+    else:
+        video, source = cv2.VideoCapture(args.video_input), args.video_input
+        if not video.isOpened():
+            raise FileNotFoundError(f"cannot open video {args.video_input}")
+    fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+    writer, out = None, None
+    if args.output and not args.webcam:
+        out = args.output
+        if os.path.isdir(out) or out.endswith(os.sep):
+            PathManager.mkdirs(out)
+            out = os.path.join(out, os.path.splitext(os.path.basename(source))[0] + ".mp4")
+    dataset_ids = _dataset_ids(demo.metadata)
+    for idx, (predictions, drawing) in enumerate(tqdm.tqdm(demo.run_on_video(video))):
+        records += instances_to_coco_json(
+            predictions, idx, demo.pred_mask_names, file_name=source, dataset_ids=dataset_ids
+        )
+        if out:
+            if writer is None:  # panels make frames wider than the video: size from the first one
+                writer = _open_writer(out, fps, drawing.shape)
+            writer.write(drawing[:, :, ::-1])
+        else:
+            cv2.namedWindow(source, cv2.WINDOW_NORMAL)
+            cv2.imshow(source, drawing[:, :, ::-1])
+            if cv2.waitKey(1) == 27:
+                break  # esc to quit
+    video.release()
+    if writer is not None:
+        writer.release()
+        logger.info(f"wrote {out}")
+    else:
+        cv2.destroyAllWindows()
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    setup_logger(name="multimask")
+    logger = setup_logger()
+    logger.info("Arguments: " + str(args))
+    if sum(bool(x) for x in (args.input, args.video_input, args.webcam)) != 1:
+        raise ValueError("give exactly one of --input, --video-input, --webcam")
+    cfg = setup_cfg(args)
+    masks = [m.strip() for m in args.masks.split(",") if m.strip()]
+    demo = VisualizationDemo(cfg, mask_names=masks or None, panels=args.panels, scale=args.scale)
+    records = []
+    if args.input:
+        run_images(demo, args, logger, records)
+    else:
+        run_video(demo, args, logger, records)
+    if args.json_output:
+        PathManager.mkdirs(os.path.dirname(os.path.abspath(args.json_output)))
+        with PathManager.open(args.json_output, "w") as f:
+            json.dump(records, f)
+        logger.info(f"wrote {len(records)} results to {args.json_output}")
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""After training: drawing several named masks per instance, JSON results, TorchScript export."""
+
+from .export import (
+    SCRIPTING_FIELDS,
+    TRACED_OUTPUT_NAMES,
+    ExportableMultiMaskRCNN,
+    export_scripting,
+    export_tracing,
+    instances_to_coco_json,
+    outputs_to_instances,
+    prepare_image,
+)
+from .visualizer import (
+    DEFAULT_MASK_STYLES,
+    MASK_STYLES,
+    MultiMaskVisualizer,
+    auto_scale,
+    draw_panels,
+)

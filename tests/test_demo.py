@@ -1,0 +1,208 @@
+import importlib.util
+import json
+import os
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultPredictor
+
+from multimask import add_multimask_config
+
+from .common import REPO_ROOT, get_tiny_config, get_tiny_model
+
+NAMES = ("amodal", "visible", "occluded")
+
+
+def _load_script(*parts):
+    spec = importlib.util.spec_from_file_location(
+        "_".join(parts)[:-3], os.path.join(REPO_ROOT, *parts)
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny config written to YAML and random-init weights saved as a detectron2 checkpoint."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    cfg = get_tiny_config(NAMES)
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.PRIMARY = "visible"
+    DetectionCheckpointer(get_tiny_model(cfg), save_dir=str(root)).save("model")
+    (root / "tiny.yaml").write_text(cfg.dump())
+    return root / "tiny.yaml", root / "model.pth"
+
+
+def _write_images(folder, sizes):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    paths = []
+    for i, (h, w) in enumerate(sizes):
+        paths.append(str(folder / f"img{i}.png"))
+        cv2.imwrite(paths[-1], rng.randint(0, 256, (h, w, 3), dtype=np.uint8))
+    return paths
+
+
+def _predictor(yaml_path, weights):
+    cfg = get_cfg()
+    add_multimask_config(cfg)
+    cfg.merge_from_file(str(yaml_path))
+    cfg.MODEL.WEIGHTS = str(weights)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.5
+    return DefaultPredictor(cfg)
+
+
+def test_default_predictor_outputs_every_mask_at_image_size(tiny_run):
+    predictor = _predictor(*tiny_run)
+    image = np.random.RandomState(1).randint(0, 256, (48, 72, 3), dtype=np.uint8)
+    inst = predictor(image)["instances"]
+    n = len(inst)
+    assert n > 0 and inst.image_size == (48, 72)
+    assert set(inst.get_fields()) == {
+        "pred_boxes",
+        "scores",
+        "pred_classes",
+        "pred_masks",
+        "pred_multimasks",
+    }
+    assert inst.pred_multimasks.shape == (n, 3, 48, 72) and inst.pred_multimasks.dtype == torch.bool
+    assert inst.pred_masks.shape == (n, 48, 72) and inst.pred_masks.dtype == torch.bool
+    # by name: index of the name in MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES; pred_masks is PRIMARY
+    assert torch.equal(inst.pred_masks, inst.pred_multimasks[:, NAMES.index("visible")])
+    assert inst.scores.dtype == torch.float32 and inst.pred_classes.dtype == torch.int64
+    boxes = inst.pred_boxes.tensor
+    assert (boxes[:, 2] <= 72).all() and (boxes[:, 3] <= 48).all() and (boxes >= 0).all()
+
+
+def test_demo_renders_images_into_a_directory_and_writes_json(tiny_run, tmp_path):
+    yaml_path, weights = tiny_run
+    paths = _write_images(tmp_path / "in", [(64, 64), (48, 64)])
+    out_dir = tmp_path / "out" / "renders"  # does not exist yet: created
+    demo = _load_script("demo", "demo.py")
+    records = demo.main(
+        [
+            "--config-file",
+            str(yaml_path),
+            "--input",
+            str(tmp_path / "in" / "*.png"),
+            "--output",
+            str(out_dir) + os.sep,
+            "--masks",
+            "amodal,visible",
+            "--json-output",
+            str(tmp_path / "res.json"),
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(weights),
+        ]
+    )
+    predictor = _predictor(yaml_path, weights)
+    for path, (h, w) in zip(paths, [(64, 64), (48, 64)]):
+        drawing = cv2.imread(str(out_dir / os.path.basename(path)))
+        # enlarged 8x so labels fit (auto_scale), and something drawn over the input
+        assert drawing.shape == (h * 8, w * 8, 3)
+        plain = cv2.resize(cv2.imread(path), (w * 8, h * 8), interpolation=cv2.INTER_NEAREST)
+        assert np.abs(drawing.astype(int) - plain).max(axis=2).__gt__(30).mean() > 0.05
+
+    with open(tmp_path / "res.json") as f:
+        saved = json.load(f)
+    assert saved == records
+    # one record per instance and mask name, for every predicted name (not only the drawn ones)
+    for image_id, path in enumerate(paths):
+        inst = predictor(cv2.imread(path))["instances"]
+        recs = [r for r in saved if r["image_id"] == image_id]
+        assert len(recs) == 3 * len(inst) > 0
+        assert {r["file_name"] for r in recs} == {path}
+        for k, name in enumerate(NAMES):
+            by_name = [r for r in recs if r["mask_name"] == name]
+            decoded = mask_util.decode([r["segmentation"] for r in by_name]).transpose(2, 0, 1)
+            assert np.array_equal(decoded.astype(bool), inst.pred_multimasks[:, k].numpy())
+            assert [r["score"] for r in by_name] == pytest.approx(inst.scores.tolist())
+        r = recs[0]
+        assert set(r) == {
+            "image_id",
+            "file_name",
+            "category_id",
+            "bbox",
+            "score",
+            "mask_name",
+            "segmentation",
+        }
+        x0, y0, x1, y1 = inst.pred_boxes.tensor[0].tolist()
+        assert r["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=1e-4)
+
+
+def test_demo_panels_to_one_file_and_video(tiny_run, tmp_path):
+    yaml_path, weights = tiny_run
+    demo = _load_script("demo", "demo.py")
+    (path,) = _write_images(tmp_path, [(64, 64)])
+    args = ["--config-file", str(yaml_path), "--panels", "--scale", "2"]
+    demo.main(
+        args
+        + [
+            "--input",
+            path,
+            "--output",
+            str(tmp_path / "p.jpg"),
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(weights),
+        ]
+    )
+    assert cv2.imread(str(tmp_path / "p.jpg")).shape == (128, 3 * 128 + 2 * 4, 3)
+
+    video = cv2.VideoWriter(str(tmp_path / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
+    for i in range(3):
+        video.write(np.full((64, 64, 3), 40 * i, dtype=np.uint8))
+    video.release()
+    records = demo.main(
+        args
+        + [
+            "--masks",
+            "occluded",
+            "--video-input",
+            str(tmp_path / "v.mp4"),
+            "--output",
+            str(tmp_path / "vo") + os.sep,
+            "--opts",
+            "MODEL.WEIGHTS",
+            str(weights),
+        ]
+    )
+    out = cv2.VideoCapture(str(tmp_path / "vo" / "v.mp4"))
+    frames = []
+    while True:
+        ok, frame = out.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 3 and frames[0].shape == (128, 128, 3)  # one panel: occluded
+    assert {r["image_id"] for r in records} <= {0, 1, 2}
+
+
+def test_demo_rejects_mask_names_the_model_does_not_predict(tiny_run, tmp_path):
+    yaml_path, weights = tiny_run
+    demo = _load_script("demo", "demo.py")
+    (path,) = _write_images(tmp_path, [(64, 64)])
+    with pytest.raises(ValueError, match=r"--masks \['shadow'\] not predicted"):
+        demo.main(
+            [
+                "--config-file",
+                str(yaml_path),
+                "--input",
+                path,
+                "--masks",
+                "amodal,shadow",
+                "--output",
+                str(tmp_path / "o.png"),
+                "--opts",
+                "MODEL.WEIGHTS",
+                str(weights),
+            ]
+        )
