@@ -109,6 +109,9 @@ def test_mask_styles_can_be_overridden_and_are_checked():
     dashed = _changed(_draw(["occluded"], mask_styles={"occluded": "dashed"}))
     border = _region(OCCLUDED, 1) & ~_region(OCCLUDED, -1)
     assert 0.3 < dashed[border].mean() < 0.95  # gaps in the line
+    # names without a default style take the styles in turn, by position
+    vis = MultiMaskVisualizer(_image(), META, pred_mask_names=["full", "seen", "hidden", "shadow"])
+    assert [vis.style_of(n) for n in vis.pred_mask_names] == ["fill", "hatch", "dashed", "outline"]
     with pytest.raises(ValueError, match="unknown mask styles"):
         MultiMaskVisualizer(_image(), META, mask_styles={"amodal": "glow"})
 

@@ -105,6 +105,8 @@ class MultiMaskVisualizer(Visualizer):
         if bad:
             raise ValueError(f"unknown mask styles {bad}; choose from {list(MASK_STYLES)}")
         self.legend = legend
+        # names of the masks being drawn, which give unknown names a style by position
+        self._available_names: List[str] = []
 
     # ------------------------------------------------------------------ public drawing
     def draw_instance_predictions(
@@ -251,6 +253,7 @@ class MultiMaskVisualizer(Visualizer):
             classes: N class ids, for class colors in ColorMode.SEGMENTATION.
             annotated: mask name -> (N,) bool; masks not annotated are skipped.
         """
+        self._available_names = list(masks)
         names = list(masks) if mask_names is None else list(mask_names)
         unknown = [n for n in names if n not in masks]
         if unknown:
@@ -284,7 +287,8 @@ class MultiMaskVisualizer(Visualizer):
             return self.mask_styles[name]
         if name in DEFAULT_MASK_STYLES:
             return DEFAULT_MASK_STYLES[name]
-        pos = self.pred_mask_names.index(name) if name in (self.pred_mask_names or []) else 0
+        order = self.pred_mask_names or self._available_names
+        pos = order.index(name) if name in order else 0
         return MASK_STYLES[pos % len(MASK_STYLES)]
 
     # ------------------------------------------------------------------ internals
