@@ -1,7 +1,17 @@
-"""Config keys of multimask: ``add_multimask_config`` and the checks run on a merged config."""
-from typing import List
+"""
+Config keys of multimask: ``add_multimask_config``, the checks run on a merged config, and the custom
+imports (``MULTIMASK.CUSTOM_IMPORTS``) that let a user's package register heads, datasets, ... by name.
+"""
+import ast
+import importlib
+import logging
+from types import ModuleType
+from typing import Any, List, Sequence, Tuple
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+logger = logging.getLogger(__name__)
 
 
 def add_multimask_config(cfg: CN) -> None:
@@ -45,11 +55,25 @@ def add_multimask_config(cfg: CN) -> None:
     # Mask name also written to `pred_masks` and read as `gt_masks`, so stock detectron2 tools
     # (COCOEvaluator, Visualizer) keep working; "" = the first of MASK_NAMES.
     _C.MODEL.ROI_MULTI_MASK_HEAD.PRIMARY = ""
+    # Relation losses between masks of the same ROI, on the foreground ROIs' predicted probabilities
+    # (no ground truth needed). Entries: ["containment", A, B, weight] (A inside B) and
+    # ["difference", C, B, A, weight] (C = B - A), e.g. [["containment", "visible", "amodal", 0.1]].
+    # [] = none. See multimask/modeling/relations.py.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.RELATIONS = []
 
     _C.MULTIMASK = CN()
     # Minimum occlusion rate (1 - visible area / amodal area, or the dataset's own `occlude_rate`) of an
     # instance to count in the `segm_<name>_occluded` evaluation subset.
     _C.MULTIMASK.OCCLUDED_THRESHOLD = 0.1
+    # Python modules imported before the model and datasets are built (by train_net.py, or by
+    # get_multimask_cfg), e.g. ["my_pkg.heads"]: they register heads, ROI heads or datasets that the config
+    # then selects by name. A module's optional `add_config(cfg)` is called before the YAML is merged.
+    _C.MULTIMASK.CUSTOM_IMPORTS = []
+    # False: a module of CUSTOM_IMPORTS that fails to import is an ImportError; True: a warning.
+    _C.MULTIMASK.ALLOW_FAILED_IMPORTS = False
+    # Validation loss: every TEST.EVAL_PERIOD iterations, the training losses (val/loss_mask_<name>,
+    # val/total_loss, ...) on at most this many images of DATASETS.TEST[0]; 0 = off.
+    _C.MULTIMASK.VAL_LOSS_MAX_IMAGES = 64
 
 
 def primary_mask_name(cfg: CN) -> str:
@@ -94,3 +118,143 @@ def check_multimask_config(cfg: CN) -> None:
         )
     if head.PRIMARY and head.PRIMARY not in names:
         raise ValueError(f"{prefix}.PRIMARY={head.PRIMARY!r} is not one of MASK_NAMES {names}.")
+    # imported here: multimask.modeling imports this module
+    from .modeling.relations import parse_relations
+
+    parse_relations(head.RELATIONS, names)
+
+
+def _decode_opt(value: Any) -> Any:
+    """A command-line value as yacs's merge_from_list reads it: a Python literal, else the string."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def read_custom_imports(config_file: str = "", opts: Sequence[str] = ()) -> Tuple[List[str], bool]:
+    """
+    ``MULTIMASK.CUSTOM_IMPORTS`` and ``ALLOW_FAILED_IMPORTS`` of a YAML file (with its ``_BASE_`` chain)
+    and of command-line opts, read without merging them into a config, so that the modules can add
+    their own keys before the file is merged.
+
+    Args:
+        config_file: a YAML config path, or "" for none.
+        opts: ``KEY VALUE`` pairs as given to ``merge_from_list``; they override the file.
+
+    Returns:
+        The module names (in order, without repeats) and the ALLOW_FAILED_IMPORTS flag.
+    """
+    section = {}
+    if config_file:
+        section = CN.load_yaml_with_base(config_file, allow_unsafe=True).get("MULTIMASK") or {}
+    names = section.get("CUSTOM_IMPORTS") or []
+    allow = section.get("ALLOW_FAILED_IMPORTS", False)
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if key == "MULTIMASK.CUSTOM_IMPORTS":
+            names = _decode_opt(value)
+        elif key == "MULTIMASK.ALLOW_FAILED_IMPORTS":
+            allow = _decode_opt(value)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(
+            f"MULTIMASK.CUSTOM_IMPORTS must be a list of module names, got {names!r}"
+            + (f" (in {config_file} or its _BASE_ files)" if config_file else "")
+        )
+    return list(dict.fromkeys(names)), bool(allow)
+
+
+def import_modules(
+    names: Sequence[str], allow_failed: bool = False, key: str = "MULTIMASK.CUSTOM_IMPORTS"
+) -> List[ModuleType]:
+    """
+    Import modules by name, with errors that name the module and the config key.
+
+    Args:
+        names: module names, e.g. ["my_pkg.heads"].
+        allow_failed: log a warning for a module that fails to import instead of raising.
+        key: the config key the names come from, quoted in messages.
+
+    Returns:
+        The imported modules, in order (failed ones left out).
+
+    Raises:
+        ImportError: a module failed to import (whatever it raised) and allow_failed is False.
+    """
+    modules = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{key} entries must be module names (str), got {name!r}")
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as e:  # a module may fail with any error while it runs, not only ImportError
+            msg = f"{key}: cannot import module '{name}': {type(e).__name__}: {e}"
+            if allow_failed:
+                logger.warning(f"{msg}. Skipped, as failed imports are allowed.")
+                continue
+            raise ImportError(
+                f"{msg}. Check that it is installed or on PYTHONPATH, or allow failed imports "
+                "(MULTIMASK.ALLOW_FAILED_IMPORTS True / custom_imports.allow_failed=True) to skip it.",
+                name=name,
+            ) from e
+        logger.info(f"Imported custom module '{name}' ({key})")
+    return modules
+
+
+def import_custom_modules(cfg: Any) -> List[ModuleType]:
+    """
+    Import the custom modules a config names: ``MULTIMASK.CUSTOM_IMPORTS`` of a CfgNode, or the top-level
+    ``custom_imports`` of a LazyConfig (``dict(modules=[...], allow_failed=False)`` or a plain list).
+
+    Call it before building a model or dataset from a config that was not made by ``get_multimask_cfg``
+    (e.g. before ``DefaultPredictor(cfg)``). Importing twice is harmless (Python caches modules); the
+    modules' ``add_config`` is not called here, since the config is already merged.
+
+    Returns:
+        The imported modules.
+    """
+    if isinstance(cfg, CN):
+        mm = cfg.MULTIMASK
+        return import_modules(list(mm.CUSTOM_IMPORTS), bool(mm.ALLOW_FAILED_IMPORTS))
+    spec = cfg.get("custom_imports", None) or []
+    if hasattr(spec, "keys"):
+        unknown = set(spec.keys()) - {"modules", "allow_failed"}
+        if unknown:
+            raise ValueError(f"custom_imports has unknown keys {sorted(unknown)}; use modules, allow_failed")
+        return import_modules(
+            list(spec.get("modules", []) or []),
+            bool(spec.get("allow_failed", False)),
+            key="custom_imports.modules",
+        )
+    return import_modules(list(spec), key="custom_imports")
+
+
+def get_multimask_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
+    """
+    detectron2's ``get_cfg()`` with multimask's keys, the custom modules imported, then the file and opts
+    merged: what ``train_net.py`` runs. Order:
+
+    1. ``add_multimask_config``;
+    2. read ``MULTIMASK.CUSTOM_IMPORTS`` from the file (``_BASE_`` included) and opts, import the
+       modules, and call each one's ``add_config(cfg)`` if it defines one, so the file may set its keys;
+    3. ``merge_from_file(config_file)``, ``merge_from_list(opts)``.
+
+    Args:
+        config_file: a YAML config, or "" for the defaults.
+        opts: ``KEY VALUE`` overrides.
+
+    Returns:
+        The config, not frozen.
+    """
+    cfg = get_cfg()
+    add_multimask_config(cfg)
+    names, allow_failed = read_custom_imports(config_file, opts)
+    for module in import_modules(names, allow_failed):
+        add_config = getattr(module, "add_config", None)
+        if callable(add_config):
+            add_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg

@@ -20,8 +20,7 @@ del model.backbone.bottom_up.stages.stride_in_1x1  # BasicBlock (R18/R34) has no
 model.backbone.bottom_up.freeze_at = 0
 
 model.pixel_std = [57.375, 57.120, 58.395]
-model.backbone.out_channels = 64
-model.proposal_generator.head.in_channels = 64
+model.backbone.out_channels = 64  # and the RPN, box and mask heads' inputs
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
 model.proposal_generator.pre_nms_topk = (600, 300)
 model.proposal_generator.post_nms_topk = (300, 100)
@@ -29,11 +28,9 @@ model.proposal_generator.batch_size_per_image = 128
 
 model.roi_heads.num_classes = 3
 model.roi_heads.batch_size_per_image = 64
-model.roi_heads.box_head.input_shape.channels = 64
 model.roi_heads.box_head.fc_dims = [256, 256]
 model.roi_heads.box_predictor.input_shape.channels = 256
 model.roi_heads.box_predictor.test_topk_per_image = 20
-model.roi_heads.mask_head.input_shape.channels = 64
 model.roi_heads.mask_head.mask_names = ["amodal", "visible"]
 model.roi_heads.mask_head.conv_dims = [64, 64, 64, 64, 64]
 

@@ -17,6 +17,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.common.checkpoint import PeriodicCheckpointer
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .hooks import build_validation_loss_hook
 from .trainer import MultiMaskTrainer
 
 __all__ = ["do_train", "do_test"]
@@ -62,6 +63,7 @@ def do_train(cfg, model, resume: bool = False) -> None:
     )
     writers = default_writers(cfg.OUTPUT_DIR, max_iter) if comm.is_main_process() else []
     data_loader = MultiMaskTrainer.build_train_loader(cfg)
+    val_loss = build_validation_loss_hook(cfg, model)  # None unless TEST.EVAL_PERIOD > 0
     logger.info(f"Starting training from iteration {start_iter}")
     with EventStorage(start_iter) as storage:
         for data, iteration in zip(data_loader, range(start_iter, max_iter)):
@@ -89,6 +91,8 @@ def do_train(cfg, model, resume: bool = False) -> None:
                 if comm.is_main_process():
                     storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
                 comm.synchronize()
+            if val_loss is not None:
+                val_loss.run_if_due(iteration, max_iter, storage)
             if iteration - start_iter > 5 and ((iteration + 1) % 20 == 0 or iteration == max_iter - 1):
                 for writer in writers:
                     writer.write()

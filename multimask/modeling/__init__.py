@@ -6,3 +6,4 @@ from .mask_head import (
 )
 from .meta_arch import MultiMaskRCNN, multimask_postprocess
 from .roi_heads import MultiMaskROIHeads
+from .relations import MaskRelation, parse_relations, relation_losses

@@ -15,6 +15,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
 from ..config import check_multimask_config, primary_mask_name
+from .relations import parse_relations, relation_losses
 
 __all__ = [
     "MultiMaskRCNNConvUpsampleHead",
@@ -173,6 +174,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
         shared_convs: int = -1,
         loss_weights: Optional[Sequence[float]] = None,
         primary: Optional[str] = None,
+        relations: Sequence = (),
         **kwargs,
     ):
         """
@@ -185,6 +187,8 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
             shared_convs: convs shared by all masks; -1 = all (shared deconv too).
             loss_weights: one weight per mask (None = all 1.0).
             primary: name of the mask also set as `pred_masks`; None = the first.
+            relations: relation losses between the masks, entries [type, names..., weight]
+                (see ``multimask.modeling.relations``); () = none.
             kwargs: ``vis_period`` of BaseMaskRCNNHead.
         """
         super().__init__(**kwargs)
@@ -193,6 +197,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
         self.mask_names = list(mask_names)
         self.loss_weights = [1.0] * len(self.mask_names) if not loss_weights else list(loss_weights)
         self.primary_index = self.mask_names.index(primary) if primary else 0
+        self.relations = parse_relations(relations, self.mask_names)
         num_conv = len(conv_dims) - 1
         shared = num_conv if shared_convs < 0 else shared_convs
         out_ch = max(num_classes, 1)
@@ -238,6 +243,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
             shared_convs=head.SHARED_CONVS,
             loss_weights=list(head.LOSS_WEIGHTS),
             primary=primary_mask_name(cfg),
+            relations=list(head.RELATIONS),
         )
         return ret
 
@@ -259,14 +265,18 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
             instances: per image, foreground proposals (training) or detections (inference), R in total.
 
         Returns:
-            Training: dict "loss_mask_<name>" -> scalar. Inference: `instances` with `pred_multimasks`
-            (N, K, M, M) and `pred_masks` (N, 1, M, M) set.
+            Training: dict "loss_mask_<name>" (and "loss_rel_*" of the relations) -> scalar.
+            Inference: `instances` with `pred_multimasks` (N, K, M, M) and `pred_masks` (N, 1, M, M) set.
         """
         logits = self.layers(x)
         if self.training:
-            return multi_mask_rcnn_loss(
+            losses = multi_mask_rcnn_loss(
                 logits, instances, self.mask_names, self.loss_weights, self.vis_period
             )
+            if self.relations:  # on every foreground ROI, annotated or not
+                classes = cat([i.gt_classes for i in instances], dim=0)
+                losses.update(relation_losses(_select_class(logits, classes), self.relations))
+            return losses
         multi_mask_rcnn_inference(logits, instances, self.primary_index)
         return instances
 

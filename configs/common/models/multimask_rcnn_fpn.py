@@ -12,9 +12,12 @@ from multimask.modeling import MultiMaskRCNN, MultiMaskRCNNConvUpsampleHead, Mul
 model = get_config("common/models/mask_rcnn_fpn.py").model
 model._target_ = MultiMaskRCNN
 model.backbone.bottom_up.freeze_at = 2  # the YAML default (MODEL.BACKBONE.FREEZE_AT)
+# the heads' input channels follow the FPN's, so that changing model.backbone.out_channels is enough
+model.proposal_generator.head.in_channels = "${...backbone.out_channels}"
+model.roi_heads.box_head.input_shape.channels = "${....backbone.out_channels}"
 model.roi_heads._target_ = MultiMaskROIHeads
 model.roi_heads.mask_head = L(MultiMaskRCNNConvUpsampleHead)(
-    input_shape=ShapeSpec(channels=256, width=14, height=14),
+    input_shape=ShapeSpec(channels="${....backbone.out_channels}", width=14, height=14),
     # 0 = class-agnostic masks (CLS_AGNOSTIC_MASK)
     num_classes="${..num_classes}",
     mask_names=["primary", "secondary"],

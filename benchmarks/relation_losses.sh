@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Do relation losses between masks raise per-mask AP? Trains the quick synthetic model with the three
+# masks (amodal, visible, occluded) with and without relation losses, same seed and schedule, then
+# prints the final per-mask AP of each run (tools in benchmarks/relation_losses_table.py).
+#
+#   bash benchmarks/relation_losses.sh                 # baseline and weight-1.0 relations, then the table
+#   RUNS="base rel1 rel01" bash benchmarks/relation_losses.sh   # also the 0.1 weights
+#
+# Each run is ~6-7 min on 2 CPU cores when the machine is otherwise idle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-output/bench_relation_losses}
+CONFIG=configs/quick_schedules/multimask_R18_FPN_quick_synthetic_3masks.yaml
+RUNS=${RUNS:-"base rel1"}
+
+relations() {  # weight -> the RELATIONS value: visible and occluded inside amodal, occluded = amodal - visible
+  echo "[['containment','visible','amodal',$1],['containment','occluded','amodal',$1],['difference','occluded','amodal','visible',$1]]"
+}
+
+for run in $RUNS; do
+  case $run in
+    base) rel="[]" ;;
+    rel1) rel=$(relations 1.0) ;;
+    rel01) rel=$(relations 0.1) ;;
+    *) echo "unknown run $run" >&2; exit 1 ;;
+  esac
+  if [ -f "$OUT/$run/model_final.pth" ]; then
+    echo "== $run: done already ($OUT/$run)"; continue
+  fi
+  echo "== $run: RELATIONS $rel"
+  /usr/bin/time -f "$run: %e s" "$PY" train_net.py --config-file "$CONFIG" \
+    MODEL.DEVICE cpu OUTPUT_DIR "$OUT/$run" MODEL.ROI_MULTI_MASK_HEAD.RELATIONS "$rel" \
+    > "$OUT.$run.stdout" 2>&1
+done
+"$PY" benchmarks/relation_losses_table.py "$OUT"

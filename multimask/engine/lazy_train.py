@@ -1,0 +1,196 @@
+"""
+Training and evaluation from a detectron2 LazyConfig (``.py`` config) with the features of the YAML path:
+atomic checkpoints, ``--resume``, periodic and final evaluation with MultiMaskCOCOEvaluator, the
+validation loss, writers, custom imports and CPU data parallel. ``train_net.py`` calls ``lazy_main``
+for ``--config-file *.py``.
+
+A LazyConfig for it has ``model``, ``dataloader.{train, test, evaluator}``, ``optimizer``,
+``lr_multiplier``, ``train`` (detectron2's ``common/train.py`` keys plus ``val_loss_max_images``) and
+optionally ``custom_imports``; see ``configs/common/``.
+"""
+import logging
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    create_ddp_model,
+    default_setup,
+    default_writers,
+    hooks,
+)
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from ..config import import_custom_modules
+from ..data import check_mask_names
+from .checkpoint import AtomicDetectionCheckpointer
+from .hooks import ValidationLossHook, build_validation_loss_loader
+
+__all__ = [
+    "lazy_setup",
+    "lazy_do_test",
+    "lazy_do_train",
+    "lazy_main",
+    "build_lazy_validation_loss_hook",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def lazy_setup(config_file: str, opts: List[str], args: Any = None) -> DictConfig:
+    """
+    Load a LazyConfig, apply dotted overrides (``train.max_iter=100``,
+    ``model.roi_heads.mask_head.loss_weights=[1,0.5]``) and import its ``custom_imports``.
+
+    Args:
+        config_file: a ``.py`` (or ``.yaml`` saved by LazyConfig.save) config.
+        opts: overrides in Hydra's ``key=value`` syntax.
+        args: the command-line args; when given, detectron2's ``default_setup`` runs (logging, seed,
+            config saved to ``train.output_dir``).
+    """
+    cfg = LazyConfig.load(config_file)
+    cfg = LazyConfig.apply_overrides(cfg, opts)
+    if args is not None:
+        default_setup(cfg, args)
+    import_custom_modules(cfg)
+    return cfg
+
+
+def _names(dataset_cfg) -> List[str]:
+    names = dataset_cfg.names
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _check_datasets(cfg: DictConfig) -> None:
+    """Fail before training if a dataset lacks one of the model's mask names or has other classes."""
+    datasets = {}
+    for split in ("train", "test"):
+        loader = cfg.dataloader.get(split)
+        if loader is not None and "names" in loader.get("dataset", {}):
+            datasets[split] = _names(loader.dataset)
+    check_mask_names(sum(datasets.values(), []), list(cfg.model.roi_heads.mask_head.mask_names))
+    num_classes = cfg.model.roi_heads.num_classes
+    for name in datasets.get("train", []):
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != num_classes:
+            raise ValueError(
+                f"Dataset '{name}' has {len(classes)} classes but model.roi_heads.num_classes is "
+                f"{num_classes}; set it to {len(classes)}."
+            )
+
+
+def _ddp(model, cfg: DictConfig):
+    kwargs = dict(cfg.train.get("ddp", {}))
+    if cfg.train.device == "cpu":
+        kwargs["device_ids"] = None  # DDP rejects device_ids for a CPU module (gloo)
+    return create_ddp_model(model, **kwargs)
+
+
+def lazy_do_test(cfg: DictConfig, model) -> Dict[str, Any]:
+    """Evaluate on ``dataloader.test`` with ``dataloader.evaluator``; {} when there is no evaluator."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def build_lazy_validation_loss_hook(cfg: DictConfig, model) -> Optional[ValidationLossHook]:
+    """
+    The validation-loss hook of a LazyConfig: ``dataloader.test``'s dataset and mapper, the mapper with
+    ``is_train=True`` so that it emits ground truth, on ``train.val_loss_max_images`` images every
+    ``train.eval_period`` iterations. None when either is 0 or there is no ``dataloader.test``.
+    """
+    max_images = cfg.train.get("val_loss_max_images", 0)
+    if cfg.train.eval_period <= 0 or max_images <= 0 or "test" not in cfg.dataloader:
+        return None
+    test = cfg.dataloader.test
+    # resolved against the whole config first: the mapper's interpolations point outside of it
+    mapper_cfg = OmegaConf.to_container(test.mapper, resolve=True)
+    mapper_cfg["is_train"] = True
+    batch_size = cfg.dataloader.train.get("total_batch_size", comm.get_world_size())
+    loader = build_validation_loss_loader(
+        instantiate(test.dataset),
+        instantiate(mapper_cfg),
+        max_images,
+        batch_size=max(batch_size // comm.get_world_size(), 1),
+        num_workers=test.get("num_workers", 0),
+    )
+    return ValidationLossHook(cfg.train.eval_period, model, loader, seed=max(cfg.train.get("seed", 0), 0))
+
+
+def lazy_do_train(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
+    """
+    Train with detectron2's SimpleTrainer (AMPTrainer if ``train.amp.enabled``) and hooks.
+
+    Args:
+        cfg: a loaded LazyConfig.
+        resume: continue from ``train.output_dir/last_checkpoint`` (model, optimizer, scheduler,
+            iteration) instead of loading ``train.init_checkpoint``.
+
+    Returns:
+        The results of the last evaluation ({} if none ran).
+    """
+    _check_datasets(cfg)
+    model = instantiate(cfg.model)
+    logger.info(f"Model:\n{model}")
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = _ddp(model, cfg)
+    trainer_cls = AMPTrainer if cfg.train.get("amp", {}).get("enabled", False) else SimpleTrainer
+    trainer = trainer_cls(model, train_loader, optimizer)
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+
+    last_results: Dict[str, Any] = {}
+
+    def test_and_keep():
+        last_results.clear()
+        last_results.update(lazy_do_test(cfg, model))
+        return last_results
+
+    main = comm.is_main_process()
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, test_and_keep),
+            build_lazy_validation_loss_hook(cfg, model),
+            # last, so that evaluation and validation-loss values are written with their iteration
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.get("log_period", 20),
+            )
+            if main
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return dict(last_results)
+
+
+def lazy_main(args) -> Dict[str, Any]:
+    """``train_net.py`` for a LazyConfig: ``--eval-only`` / ``--resume`` / training."""
+    cfg = lazy_setup(args.config_file, args.opts, args)
+    if args.eval_only:
+        _check_datasets(cfg)
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = _ddp(model, cfg)
+        AtomicDetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
+            cfg.train.init_checkpoint, resume=args.resume
+        )
+        return lazy_do_test(cfg, model)
+    return lazy_do_train(cfg, resume=args.resume)

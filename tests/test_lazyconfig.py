@@ -1,0 +1,139 @@
+import json
+import os
+
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+import train_net
+from multimask.config import get_multimask_cfg
+from multimask.data import register_synthetic_dataset
+
+from .common import REPO_ROOT
+
+QUICK_YAML = f"{REPO_ROOT}/configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml"
+QUICK_PY = f"{REPO_ROOT}/configs/quick_schedules/multimask_R18_FPN_quick_synthetic.py"
+TRAIN, VAL = "mm_lazy_test_train", "mm_lazy_test_val"
+
+
+def _signature(model):
+    params = {k: (tuple(v.shape), v.requires_grad) for k, v in model.named_parameters()}
+    return params, {k: tuple(v.shape) for k, v in model.named_buffers()}
+
+
+def test_quick_py_builds_the_quick_yaml_model():
+    cfg = get_multimask_cfg(QUICK_YAML, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    from_yaml = build_model(cfg).eval()
+    torch.manual_seed(0)
+    from_py = instantiate(LazyConfig.load(QUICK_PY).model).eval()
+    assert _signature(from_yaml) == _signature(from_py)
+    # same construction order, so the same seed gives the same weights and the same predictions
+    sd = from_py.state_dict()
+    assert all(torch.equal(v, sd[k]) for k, v in from_yaml.state_dict().items())
+    image = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    with torch.no_grad():
+        a = from_yaml([{"image": image}])[0]["instances"]
+        b = from_py([{"image": image}])[0]["instances"]
+    assert len(a) == len(b) > 0
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+    assert torch.equal(a.pred_multimasks, b.pred_multimasks)
+
+
+def test_r50_model_matches_the_base_yaml():
+    cfg = get_multimask_cfg(f"{REPO_ROOT}/configs/Base-MultiMask-RCNN-FPN.yaml", ["MODEL.DEVICE", "cpu"])
+    lazy = LazyConfig.load(f"{REPO_ROOT}/configs/common/models/multimask_rcnn_fpn.py")
+    assert _signature(build_model(cfg)) == _signature(instantiate(lazy.model))
+    full = LazyConfig.load(f"{REPO_ROOT}/configs/multimask_R_50_FPN_1x.py")
+    assert full.model.roi_heads.mask_head.mask_names == ["amodal", "visible"]
+    assert full.train.max_iter == 90000
+
+
+def test_dotted_overrides_reach_model_and_data():
+    cfg = LazyConfig.load(QUICK_PY)
+    cfg = LazyConfig.apply_overrides(
+        cfg,
+        [
+            "train.max_iter=100",
+            "model.roi_heads.mask_head.loss_weights=[1,0.5]",
+            "model.roi_heads.mask_head.mask_names=[amodal,visible,occluded]",
+            "model.roi_heads.mask_head.relations=[[containment,visible,amodal,0.1]]",
+            "model.backbone.out_channels=32",
+        ],
+    )
+    assert cfg.train.max_iter == 100
+    # the mappers and the evaluator follow the model's mask names
+    assert list(cfg.dataloader.train.mapper.mask_names) == ["amodal", "visible", "occluded"]
+    assert list(cfg.dataloader.test.mapper.mask_names) == ["amodal", "visible", "occluded"]
+    assert list(cfg.dataloader.evaluator.mask_names) == ["amodal", "visible", "occluded"]
+    cfg.model.roi_heads.mask_head.loss_weights = [1, 0.5, 0.5]
+    model = instantiate(cfg.model)
+    head = model.roi_heads.mask_head
+    assert head.loss_weights == [1, 0.5, 0.5] and list(head.towers) == ["amodal", "visible", "occluded"]
+    assert [r.loss_name for r in head.relations] == ["loss_rel_containment_visible_amodal"]
+    # every head input follows model.backbone.out_channels
+    assert model.proposal_generator.rpn_head.conv.in_channels == 32
+    assert head.trunk.mask_fcn1.in_channels == 32
+    assert model.roi_heads.box_head.fc1.in_features == 32 * 7 * 7
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    for name, n, seed in [(TRAIN, 4, 21), (VAL, 2, 22)]:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        register_synthetic_dataset(name, num_images=n, seed=seed, image_size=96, root=root)
+    yield
+    for name in (TRAIN, VAL):
+        DatasetCatalog.remove(name)
+
+
+def _args(out, max_iter):
+    """train_net args of a 2-3 iteration LazyConfig run with a tiny model on the tiny datasets."""
+    overrides = [
+        f"train.output_dir={out}",
+        f"train.max_iter={max_iter}",
+        "train.device=cpu",
+        "train.eval_period=2",
+        "train.val_loss_max_images=2",
+        "train.checkpointer.period=2",
+        f"dataloader.train.dataset.names={TRAIN}",
+        f"dataloader.test.dataset.names={VAL}",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        "dataloader.train.mapper.augmentations.0.short_edge_length=[96]",
+        "dataloader.train.mapper.augmentations.0.max_size=96",
+        "model.backbone.out_channels=32",
+        "model.roi_heads.box_head.fc_dims=[64]",
+        "model.roi_heads.box_predictor.input_shape.channels=64",
+        "model.roi_heads.mask_head.conv_dims=[32,32]",
+        "model.roi_heads.mask_head.loss_weights=[1,0.5]",
+    ]
+    return train_net.get_parser().parse_args(["--config-file", QUICK_PY, *overrides])
+
+
+def test_lazy_training_checkpoints_evaluates_and_resumes(tiny_datasets, tmp_path):
+    results = train_net.main(_args(tmp_path, 2))
+    assert "segm_amodal" in results and "segm_visible" in results
+    assert os.path.isfile(tmp_path / "model_final.pth") and os.path.isfile(tmp_path / "config.yaml")
+    with open(tmp_path / "metrics.json") as f:
+        records = [json.loads(line) for line in f]
+    val = [r for r in records if "val/loss_mask_amodal" in r]
+    assert val and {"val/loss_mask_visible", "val/total_loss"} <= set(val[-1])
+
+    args = _args(tmp_path, 3)
+    args.resume = True
+    train_net.main(args)
+    ckpt = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    assert ckpt["iteration"] == 2  # resumed at iteration 2 and ran one more
+    with open(tmp_path / "log.txt") as f:
+        assert "Starting training from iteration 2" in f.read()
+    model = instantiate(LazyConfig.load(str(tmp_path / "config.yaml")).model)
+    DetectionCheckpointer(model).load(str(tmp_path / "model_final.pth"))
+    assert model.roi_heads.mask_head.loss_weights == [1, 0.5]
