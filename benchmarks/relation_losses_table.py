@@ -24,7 +24,9 @@ def final_eval(metrics_json: str) -> Dict[str, float]:
 
 
 def table(root: str) -> str:
-    runs = sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "metrics.json")))
+    runs = sorted(
+        d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "metrics.json"))
+    )
     results = {r: final_eval(os.path.join(root, r, "metrics.json")) for r in runs}
     results = {r: v for r, v in results.items() if v}
     if not results:
@@ -37,7 +39,9 @@ def table(root: str) -> str:
     lines = ["| run | " + " | ".join(c[: -len("/AP")] for c in columns) + " |"]
     lines.append("|---" * (len(columns) + 1) + "|")
     for run, values in results.items():
-        lines.append(f"| {run} | " + " | ".join(f"{values.get(c, float('nan')):.1f}" for c in columns) + " |")
+        lines.append(
+            f"| {run} | " + " | ".join(f"{values.get(c, float('nan')):.1f}" for c in columns) + " |"
+        )
     return "\n".join(lines)
 
 

@@ -26,7 +26,9 @@ dataloader.train.mapper.augmentations = [
     ),
     L(T.RandomFlip)(horizontal=True),
 ]
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)]
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)
+]
 dataloader.train.total_batch_size = 16
 
 optimizer.lr = 0.02

@@ -188,7 +188,8 @@ def import_modules(
             raise ValueError(f"{key} entries must be module names (str), got {name!r}")
         try:
             modules.append(importlib.import_module(name))
-        except Exception as e:  # a module may fail with any error while it runs, not only ImportError
+        except Exception as e:
+            # a module may fail with any error while it runs, not only ImportError
             msg = f"{key}: cannot import module '{name}': {type(e).__name__}: {e}"
             if allow_failed:
                 logger.warning(f"{msg}. Skipped, as failed imports are allowed.")
@@ -221,7 +222,9 @@ def import_custom_modules(cfg: Any) -> List[ModuleType]:
     if hasattr(spec, "keys"):
         unknown = set(spec.keys()) - {"modules", "allow_failed"}
         if unknown:
-            raise ValueError(f"custom_imports has unknown keys {sorted(unknown)}; use modules, allow_failed")
+            raise ValueError(
+                f"custom_imports has unknown keys {sorted(unknown)}; use modules, allow_failed"
+            )
         return import_modules(
             list(spec.get("modules", []) or []),
             bool(spec.get("allow_failed", False)),

@@ -97,7 +97,10 @@ def test_without_the_import_the_user_key_is_unknown(user_package):
 
 
 def test_failed_import_names_module_and_key(user_package):
-    for module, cause in [("no_such_user_module", "ModuleNotFoundError"), ("broken_user_module", "boom")]:
+    for module, cause in [
+        ("no_such_user_module", "ModuleNotFoundError"),
+        ("broken_user_module", "boom"),
+    ]:
         opts = ["MULTIMASK.CUSTOM_IMPORTS", f"['{module}']"]
         with pytest.raises(ImportError) as e:
             get_multimask_cfg(str(user_package / "parent.yaml"), opts)
@@ -107,8 +110,10 @@ def test_failed_import_names_module_and_key(user_package):
 
 def test_allow_failed_imports_warns(user_package, caplog):
     opts = [
-        "MULTIMASK.CUSTOM_IMPORTS", "['no_such_user_module']",
-        "MULTIMASK.ALLOW_FAILED_IMPORTS", "True",
+        "MULTIMASK.CUSTOM_IMPORTS",
+        "['no_such_user_module']",
+        "MULTIMASK.ALLOW_FAILED_IMPORTS",
+        "True",
     ]
     with caplog.at_level(logging.WARNING, logger="multimask.config"):
         cfg = get_multimask_cfg(str(user_package / "parent.yaml"), opts)
@@ -122,11 +127,13 @@ def test_import_custom_modules_for_yaml_and_lazy_configs(user_package):
 
     lazy = OmegaConf.create({"custom_imports": {"modules": [MODULE], "allow_failed": False}})
     assert [m.__name__ for m in import_custom_modules(lazy)] == [MODULE]
-    assert [m.__name__ for m in import_custom_modules(OmegaConf.create({"custom_imports": [MODULE]}))] == [
-        MODULE
-    ]
+    assert [
+        m.__name__ for m in import_custom_modules(OmegaConf.create({"custom_imports": [MODULE]}))
+    ] == [MODULE]
     assert import_custom_modules(OmegaConf.create({})) == []
-    with pytest.raises(ImportError, match="custom_imports.modules: cannot import module 'nope_mod'"):
+    with pytest.raises(
+        ImportError, match="custom_imports.modules: cannot import module 'nope_mod'"
+    ):
         import_custom_modules(OmegaConf.create({"custom_imports": {"modules": ["nope_mod"]}}))
     lazy = OmegaConf.create({"custom_imports": {"modules": ["nope_mod"], "allow_failed": True}})
     assert import_custom_modules(lazy) == []

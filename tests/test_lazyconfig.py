@@ -35,7 +35,9 @@ def test_quick_py_builds_the_quick_yaml_model():
     # same construction order, so the same seed gives the same weights and the same predictions
     sd = from_py.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in from_yaml.state_dict().items())
-    image = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    image = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255).to(
+        torch.uint8
+    )
     with torch.no_grad():
         a = from_yaml([{"image": image}])[0]["instances"]
         b = from_py([{"image": image}])[0]["instances"]
@@ -45,7 +47,9 @@ def test_quick_py_builds_the_quick_yaml_model():
 
 
 def test_r50_model_matches_the_base_yaml():
-    cfg = get_multimask_cfg(f"{REPO_ROOT}/configs/Base-MultiMask-RCNN-FPN.yaml", ["MODEL.DEVICE", "cpu"])
+    cfg = get_multimask_cfg(
+        f"{REPO_ROOT}/configs/Base-MultiMask-RCNN-FPN.yaml", ["MODEL.DEVICE", "cpu"]
+    )
     lazy = LazyConfig.load(f"{REPO_ROOT}/configs/common/models/multimask_rcnn_fpn.py")
     assert _signature(build_model(cfg)) == _signature(instantiate(lazy.model))
     full = LazyConfig.load(f"{REPO_ROOT}/configs/multimask_R_50_FPN_1x.py")
@@ -73,7 +77,11 @@ def test_dotted_overrides_reach_model_and_data():
     cfg.model.roi_heads.mask_head.loss_weights = [1, 0.5, 0.5]
     model = instantiate(cfg.model)
     head = model.roi_heads.mask_head
-    assert head.loss_weights == [1, 0.5, 0.5] and list(head.towers) == ["amodal", "visible", "occluded"]
+    assert head.loss_weights == [1, 0.5, 0.5] and list(head.towers) == [
+        "amodal",
+        "visible",
+        "occluded",
+    ]
     assert [r.loss_name for r in head.relations] == ["loss_rel_containment_visible_amodal"]
     # every head input follows model.backbone.out_channels
     assert model.proposal_generator.rpn_head.conv.in_channels == 32

@@ -45,7 +45,10 @@ def test_consistent_binary_masks_cost_nothing():
     masks = torch.stack([amodal, visible, amodal - visible])[None]  # (1, 3, 2, 2)
     logits = (masks * 2 - 1) * 30
     rel = parse_relations(
-        [["containment", "visible", "amodal", 1.0], ["difference", "occluded", "amodal", "visible", 1.0]],
+        [
+            ["containment", "visible", "amodal", 1.0],
+            ["difference", "occluded", "amodal", "visible", 1.0],
+        ],
         NAMES,
     )
     for value in relation_losses(logits, rel).values():
@@ -122,11 +125,16 @@ def test_head_adds_weighted_relation_losses_and_trains():
     batch = [make_training_input(64, 3, NAMES, seed=1), make_training_input(64, 0, NAMES, seed=2)]
     with EventStorage(0):
         losses = model(batch)
-    rel_keys = {"loss_rel_containment_visible_amodal", "loss_rel_difference_occluded_amodal_visible"}
+    rel_keys = {
+        "loss_rel_containment_visible_amodal",
+        "loss_rel_difference_occluded_amodal_visible",
+    }
     assert rel_keys <= set(losses) and {f"loss_mask_{n}" for n in NAMES} <= set(losses)
     # at init every probability is ~0.5: containment ~0, difference ~|0.5 - 0| = 0.5, times 0.2
     assert losses["loss_rel_containment_visible_amodal"].item() < 1e-3
-    assert losses["loss_rel_difference_occluded_amodal_visible"].item() == pytest.approx(0.1, abs=0.01)
+    assert losses["loss_rel_difference_occluded_amodal_visible"].item() == pytest.approx(
+        0.1, abs=0.01
+    )
     sum(losses.values()).backward()
     predictor = model.roi_heads.mask_head.towers["occluded"].predictor
     assert predictor.weight.grad is not None and predictor.weight.grad.abs().sum() > 0

@@ -69,7 +69,12 @@ def test_loss_is_deterministic_and_leaves_the_model_untouched(tiny_datasets, tmp
     first = compute_validation_loss(model, hook.data_loader, seed=0)
     second = compute_validation_loss(model, hook.data_loader, seed=0)
     assert first == second
-    assert {"val/loss_mask_amodal", "val/loss_mask_visible", "val/loss_cls", "val/total_loss"} <= set(first)
+    assert {
+        "val/loss_mask_amodal",
+        "val/loss_mask_visible",
+        "val/loss_cls",
+        "val/total_loss",
+    } <= set(first)
     parts = sum(v for k, v in first.items() if k != "val/total_loss")
     assert first["val/total_loss"] == pytest.approx(parts)
     assert all(v > 0 for v in first.values())
@@ -88,7 +93,10 @@ def test_hook_writes_only_when_due(tiny_datasets, tmp_path):
         assert hook.run_if_due(0, max_iter=5, storage=storage) is None
         storage.iter = 2
         written = hook.run_if_due(2, max_iter=5, storage=storage)
-        assert written and storage.latest()["val/loss_mask_visible"] == (written["val/loss_mask_visible"], 2)
+        assert written and storage.latest()["val/loss_mask_visible"] == (
+            written["val/loss_mask_visible"],
+            2,
+        )
         storage.iter = 4
         assert hook.run_if_due(4, max_iter=5, storage=storage)  # the last iteration
 

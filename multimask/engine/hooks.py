@@ -50,7 +50,9 @@ def build_validation_loss_loader(
         num_workers: data loading workers.
     """
     if not mapper.is_train:
-        raise ValueError("the validation loss needs a mapper with is_train=True (ground-truth targets)")
+        raise ValueError(
+            "the validation loss needs a mapper with is_train=True (ground-truth targets)"
+        )
     return build_detection_test_loader(
         list(dataset_dicts)[:max_images],
         mapper=mapper,
@@ -121,9 +123,7 @@ class ValidationLossHook(HookBase):
     before the PeriodicWriter, so the values of an iteration are written with it.
     """
 
-    def __init__(
-        self, eval_period: int, model: nn.Module, data_loader: Iterable, seed: int = 0
-    ):
+    def __init__(self, eval_period: int, model: nn.Module, data_loader: Iterable, seed: int = 0):
         """
         Args:
             eval_period: period in iterations; <= 0 disables the hook.

@@ -124,7 +124,9 @@ def build_lazy_validation_loss_hook(cfg: DictConfig, model) -> Optional[Validati
         batch_size=max(batch_size // comm.get_world_size(), 1),
         num_workers=test.get("num_workers", 0),
     )
-    return ValidationLossHook(cfg.train.eval_period, model, loader, seed=max(cfg.train.get("seed", 0), 0))
+    return ValidationLossHook(
+        cfg.train.eval_period, model, loader, seed=max(cfg.train.get("seed", 0), 0)
+    )
 
 
 def lazy_do_train(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:

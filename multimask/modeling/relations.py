@@ -43,7 +43,11 @@ class MaskRelation(NamedTuple):
 
 
 def _describe(entry) -> str:
-    return repr(list(entry)) if isinstance(entry, SequenceABC) and not isinstance(entry, str) else repr(entry)
+    return (
+        repr(list(entry))
+        if isinstance(entry, SequenceABC) and not isinstance(entry, str)
+        else repr(entry)
+    )
 
 
 def parse_relations(relations: Sequence, mask_names: Sequence[str]) -> List[MaskRelation]:
@@ -75,7 +79,9 @@ def parse_relations(relations: Sequence, mask_names: Sequence[str]) -> List[Mask
             )
         rtype, names, weight = entry[0], list(entry[1:-1]), entry[-1]
         if rtype not in RELATION_ARITY:
-            raise ValueError(f"{where}: unknown relation type {rtype!r}; known: {sorted(RELATION_ARITY)}.")
+            raise ValueError(
+                f"{where}: unknown relation type {rtype!r}; known: {sorted(RELATION_ARITY)}."
+            )
         arity = RELATION_ARITY[rtype]
         if len(names) != arity:
             raise ValueError(
@@ -89,7 +95,9 @@ def parse_relations(relations: Sequence, mask_names: Sequence[str]) -> List[Mask
             raise ValueError(f"{where}: a relation needs distinct masks, got {names}.")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise ValueError(f"{where}: the last element must be a weight >= 0, got {weight!r}.")
-        rel = MaskRelation(rtype, tuple(mask_names.index(n) for n in names), tuple(names), float(weight))
+        rel = MaskRelation(
+            rtype, tuple(mask_names.index(n) for n in names), tuple(names), float(weight)
+        )
         if any(r.loss_name == rel.loss_name for r in parsed):
             raise ValueError(f"{where}: relation {rel.loss_name} is declared twice.")
         parsed.append(rel)
@@ -128,5 +136,6 @@ def relation_losses(
         return {r.loss_name: mask_logits.sum() * 0 for r in relations}
     probs = mask_logits.sigmoid()
     return {
-        r.loss_name: r.weight * _LOSSES[r.type](*(probs[:, j] for j in r.indices)) for r in relations
+        r.loss_name: r.weight * _LOSSES[r.type](*(probs[:, j] for j in r.indices))
+        for r in relations
     }
