@@ -228,6 +228,9 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
             towers[name] = nn.Sequential(OrderedDict(layers))
         self.towers = nn.ModuleDict(towers)
         self._register_load_state_dict_pre_hook(self._load_single_mask_head)
+        # forward() computes only each ROI's class (see _class_logits), unless a subclass redefines
+        # layers(): then its full output is what the loss and inference must see.
+        self.class_selective = type(self).layers is MultiMaskRCNNConvUpsampleHead.layers
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -258,6 +261,39 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
         x = self.trunk(x)
         return torch.stack([tower(x) for tower in self.towers.values()], dim=1)
 
+    @torch.jit.unused
+    def _class_logits(self, x: torch.Tensor, instances: List[Instances]) -> torch.Tensor:
+        """
+        What ``_select_class(self.layers(x), classes)`` returns, without computing the other classes.
+
+        Each 1x1 predictor would compute C channels of M x M logits per ROI, of which the loss and
+        inference read one: applying only the weight row of each ROI's class skips (C - 1) / C of
+        every predictor's work and the (R, K, C, M, M) tensor, most of what K masks cost over one
+        with a shared trunk (benchmarks/BENCHMARKS.md). Scripted models use ``layers()``.
+
+        Args:
+            x: pooled ROI features, shape (R, C_in, S, S).
+            instances: as in ``forward``; the ROI classes are their `gt_classes` (training) or
+                `pred_classes` (inference).
+
+        Returns:
+            Tensor of shape (R, K, 1, 2S, 2S), mask logits of each ROI's class.
+        """
+        field = "gt_classes" if self.training else "pred_classes"
+        per_image = [i.get(field) for i in instances if len(i) > 0]
+        classes = cat(per_image, dim=0) if per_image else x.new_zeros((0,), dtype=torch.int64)
+        x = self.trunk(x)
+        out = []
+        for tower in self.towers.values():
+            y = x
+            for layer in list(tower.children())[:-1]:  # the tower's own convs and deconv, if any
+                y = layer(y)
+            pred = tower.predictor
+            idx = classes if pred.out_channels > 1 else torch.zeros_like(classes)
+            logits = torch.bmm(pred.weight.flatten(1)[idx][:, None], y.flatten(2))  # (R, 1, M*M)
+            out.append((logits + pred.bias[idx][:, None, None]).view(len(y), 1, *y.shape[2:]))
+        return torch.stack(out, dim=1)
+
     def forward(self, x: torch.Tensor, instances: List[Instances]):
         """
         Args:
@@ -268,7 +304,10 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
             Training: dict "loss_mask_<name>" (and "loss_rel_*" of the relations) -> scalar.
             Inference: `instances` with `pred_multimasks` (N, K, M, M) and `pred_masks` (N, 1, M, M) set.
         """
-        logits = self.layers(x)
+        if self.class_selective and not torch.jit.is_scripting():
+            logits = self._class_logits(x, instances)  # (R, K, 1, M, M): C = 1 reads as agnostic
+        else:
+            logits = self.layers(x)
         if self.training:
             losses = multi_mask_rcnn_loss(
                 logits, instances, self.mask_names, self.loss_weights, self.vis_period
