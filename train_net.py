@@ -52,9 +52,9 @@ def main(args):
     if args.eval_only:
         check_datasets(cfg)
         model = build_model(cfg)
-        AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        # strict: evaluating weights that leave part of the model random gives a silently wrong AP
+        checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, strict_model=True)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = do_test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)

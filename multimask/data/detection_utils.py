@@ -14,7 +14,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 
@@ -22,6 +22,9 @@ from ..structures import MultiMasks, segmentation_to_bitmask
 from .datasets.mask_fields import shift_polygon_coords
 
 __all__ = ["check_mask_names", "multimask_annotations_to_instances", "transform_boxes"]
+
+# Largest |polygon coordinate| accepted, in pixels of the original image.
+MAX_POLYGON_COORD = 1e5
 
 
 def check_mask_names(dataset_names: Sequence[str], mask_names: Sequence[str]) -> None:
@@ -35,9 +38,16 @@ def check_mask_names(dataset_names: Sequence[str], mask_names: Sequence[str]) ->
         mask_names: cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES.
 
     Raises:
+        KeyError: a dataset is not registered.
         ValueError: naming the dataset, the missing names and the names the dataset provides.
     """
     for name in dataset_names:
+        if name not in DatasetCatalog:
+            known = [n for n in DatasetCatalog.list() if MetadataCatalog.get(n).get("mask_names")]
+            raise KeyError(
+                f"Dataset '{name}' is not registered. Registered multi-mask datasets: "
+                f"{sorted(known)}"
+            )
         provided = MetadataCatalog.get(name).get("mask_names")
         if provided is None:
             raise ValueError(
@@ -104,6 +114,14 @@ def _rasterize_polygons(
     """
     num_vertices = [len(p) for p in polygons]
     coords = np.concatenate(polygons)
+    # The loaders reject these; dicts from other sources are checked here, since pycocotools would
+    # exhaust memory on them rather than raise.
+    if not np.isfinite(coords).all() or np.abs(coords).max() > MAX_POLYGON_COORD:
+        bad = coords[~np.isfinite(coords) | (np.abs(coords) > MAX_POLYGON_COORD)][0]
+        raise ValueError(
+            f"a polygon has the coordinate {bad:g}: coordinates must be finite and within "
+            f"+-{MAX_POLYGON_COORD:g} px"
+        )
     if transforms is not None:
         # One call for every vertex of the image. Polygons are not clipped to a crop: the rasteriser
         # clips at the image border exactly, so the result equals clipping first.

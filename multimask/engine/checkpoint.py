@@ -1,7 +1,9 @@
 """A DetectionCheckpointer whose files appear atomically, so an interrupted save never leaves a
-half-written checkpoint behind ``last_checkpoint``."""
+half-written checkpoint behind ``last_checkpoint``, and whose loading fails with the file's name on
+files that are not checkpoints or hold the weights of another model."""
+
 import os
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -12,10 +14,83 @@ __all__ = ["AtomicDetectionCheckpointer"]
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """
-    DetectionCheckpointer that writes ``<name>.pth`` and ``last_checkpoint`` to temporary files and renames
-    them into place (a rename within one folder is atomic on POSIX and Windows). A process killed during a
-    save leaves at worst a stale ``*.tmp`` file; ``--resume`` then loads the previous complete checkpoint.
+    DetectionCheckpointer that writes ``<name>.pth`` and ``last_checkpoint`` to temporary files and
+    renames them into place (a rename within one folder is atomic on POSIX and Windows). A process
+    killed during a save leaves at worst a stale ``*.tmp`` file; ``--resume`` then loads the
+    previous complete checkpoint.
+
+    Loading raises, naming the file: FileNotFoundError for a missing local file, ValueError for a
+    file that cannot be read as a checkpoint (truncated, corrupt, another format) and for weights of
+    which no tensor fits the model (another architecture). With ``strict_model=True`` (evaluation),
+    a checkpoint that leaves model parameters uninitialised is an error too, instead of detectron2's
+    warning.
     """
+
+    def __init__(self, model, save_dir: str = "", *, strict_model: bool = False, **kwargs: Any):
+        """
+        Args:
+            model, save_dir, kwargs: as for DetectionCheckpointer (``save_to_disk``,
+            checkpointables).
+            strict_model: fail when the checkpoint lacks (or has another shape for) any model
+            tensor.
+        """
+        super().__init__(model, save_dir, **kwargs)
+        self.strict_model = strict_model
+        self._loading: Optional[str] = None
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+            # DetectionCheckpointer resets it only after a successful load, and asserts it is unset
+            # when a load starts: without this, one failed load would make every later one fail
+            self._parsed_url_during_load = None
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        try:
+            checkpoint = super()._load_file(filename)
+        except Exception as e:  # torch.load / pickle raise many types for a bad file
+            raise ValueError(
+                f"cannot read checkpoint {filename}: {type(e).__name__}: {str(e).splitlines()[0]}. "
+                "The file is truncated or corrupt (e.g. a copy or save that did not finish), not "
+                "a PyTorch / detectron2 checkpoint, or holds objects torch.load(weights_only) "
+                "refuses."
+            ) from e
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+            held = type(checkpoint.get("model", checkpoint)).__name__
+            raise ValueError(
+                f"checkpoint {filename} holds a {held}, not a state dict of model weights."
+            )
+        return checkpoint
+
+    def _load_model(self, checkpoint: Dict[str, Any]):
+        num_tensors = len(checkpoint["model"])
+        sample = sorted(checkpoint["model"])[:3]
+        incompatible = super()._load_model(checkpoint)
+        model_keys = list(self.model.state_dict())
+        missing = set(incompatible.missing_keys)
+        # parameters only: the checkpointers never report some buffers missing (pixel_mean/std,
+        # BatchNorm's num_batches_tracked)
+        loaded = [k for k, _ in self.model.named_parameters() if k not in missing]
+        where = f"checkpoint {self._loading}"
+        if model_keys and not loaded:
+            raise ValueError(
+                f"{where}: none of its {num_tensors} tensors fits the model: it holds the weights "
+                f"of another architecture (its keys: {sample}...; the model's: {model_keys[:3]}...)"
+            )
+        if self.strict_model and missing:
+            names = _summarize(sorted(missing))
+            raise ValueError(
+                f"{where} lacks {len(missing)} of the model's {len(model_keys)} tensors ({names}), "
+                "or has them with other shapes: it was trained with another config (e.g. other "
+                "MASK_NAMES, NUM_CLASSES or head layout), so the model would run with random "
+                "weights."
+            )
+        return incompatible
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -45,3 +120,9 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+def _summarize(keys: List[str], limit: int = 4) -> str:
+    """A few of `keys`, and how many more."""
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more

@@ -20,6 +20,7 @@ from detectron2.utils.events import EventStorage
 
 from ..config import primary_mask_name
 from ..data import MultiMaskDatasetMapper
+from .resume import preserve_rng_states
 
 __all__ = [
     "ValidationLossHook",
@@ -89,11 +90,11 @@ def compute_validation_loss(
     for m in model.modules():
         if isinstance(m, _BatchNorm):
             m.eval()
-    cuda = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
     sums: Dict[str, float] = defaultdict(float)
     num_images = 0
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda), EventStorage(0):
+        # all RNG states (numpy too: the test-time resize draws from it) are put back afterwards
+        with torch.no_grad(), preserve_rng_states(), EventStorage(0):
             torch.manual_seed(seed)
             for batch in data_loader:
                 for name, value in model(batch).items():

@@ -18,6 +18,12 @@ from fvcore.common.checkpoint import PeriodicCheckpointer
 
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import build_validation_loss_hook
+from .resume import (
+    capture_resume_state,
+    checkpoint_due,
+    preserve_rng_states,
+    restore_resume_state,
+)
 from .trainer import MultiMaskTrainer
 
 __all__ = ["do_train", "do_test"]
@@ -54,21 +60,25 @@ def do_train(cfg, model, resume: bool = False) -> None:
     checkpointer = AtomicDetectionCheckpointer(
         model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=scheduler
     )
-    start_iter = (
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume).get("iteration", -1) + 1
-    )
+    checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    start_iter = checkpoint.get("iteration", -1) + 1
     max_iter = cfg.SOLVER.MAX_ITER
     periodic_checkpointer = PeriodicCheckpointer(
         checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter=max_iter
     )
     writers = default_writers(cfg.OUTPUT_DIR, max_iter) if comm.is_main_process() else []
     data_loader = MultiMaskTrainer.build_train_loader(cfg)
+    # the data position and RNG states of start_iter, so a resumed run continues the same curve
+    restore_resume_state(checkpoint.get("resume_state"), data_loader, start_iter)
     val_loss = build_validation_loss_hook(cfg, model)  # None unless TEST.EVAL_PERIOD > 0
     logger.info(f"Starting training from iteration {start_iter}")
     with EventStorage(start_iter) as storage:
         for data, iteration in zip(data_loader, range(start_iter, max_iter)):
             storage.iter = iteration
-            loss_dict = model(data)
+            try:
+                loss_dict = model(data)
+            except FloatingPointError as e:  # e.g. the RPN's Inf/NaN boxes, which do not say when
+                raise FloatingPointError(f"{e} (at iteration {iteration})") from e
             losses = sum(loss_dict.values())
             if not torch.isfinite(losses).all():
                 raise FloatingPointError(
@@ -87,7 +97,8 @@ def do_train(cfg, model, resume: bool = False) -> None:
             if cfg.TEST.EVAL_PERIOD > 0 and (iteration + 1) % cfg.TEST.EVAL_PERIOD == 0 and (
                 iteration != max_iter - 1
             ):
-                results = do_test(cfg, model)
+                with preserve_rng_states():  # evaluating must not change the training draws
+                    results = do_test(cfg, model)
                 if comm.is_main_process():
                     storage.put_scalars(**flatten_results_dict(results), smoothing_hint=False)
                 comm.synchronize()
@@ -96,7 +107,10 @@ def do_train(cfg, model, resume: bool = False) -> None:
             if iteration - start_iter > 5 and ((iteration + 1) % 20 == 0 or iteration == max_iter - 1):
                 for writer in writers:
                     writer.write()
-            periodic_checkpointer.step(iteration)
+            extra = {}
+            if checkpoint_due(iteration, cfg.SOLVER.CHECKPOINT_PERIOD, max_iter):
+                extra["resume_state"] = capture_resume_state(data_loader)  # on every process
+            periodic_checkpointer.step(iteration, **extra)
     for writer in writers:
         writer.close()
 

@@ -4,11 +4,7 @@ import os
 import weakref
 from typing import Dict
 
-from detectron2.data import (
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.engine import hooks
 from detectron2.utils import comm
@@ -17,6 +13,7 @@ from ..data import MultiMaskDatasetMapper, check_mask_names
 from ..evaluation import MultiMaskCOCOEvaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import build_validation_loss_hook
+from .resume import ResumeStateHook, build_resumable_train_loader, preserve_rng_states
 
 __all__ = ["MultiMaskTrainer", "ddp_kwargs", "check_datasets", "check_num_classes"]
 
@@ -57,6 +54,7 @@ class MultiMaskTrainer(DefaultTrainer):
     ``MultiMaskDatasetMapper``, whose evaluator is ``MultiMaskCOCOEvaluator`` and whose checkpoints are
     written atomically. ``__init__`` builds the same parts as DefaultTrainer's, with two changes:
     the datasets' mask names and class count are checked before the first step, and DDP gets ``device_ids=None`` on the CPU.
+    Its train loader and a hook make ``--resume`` exact (see multimask.engine.resume).
     """
 
     def __init__(self, cfg):
@@ -80,8 +78,16 @@ class MultiMaskTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        """DefaultTrainer's hooks plus the validation loss (``MULTIMASK.VAL_LOSS_MAX_IMAGES``)."""
+        """
+        DefaultTrainer's hooks plus the validation loss (``MULTIMASK.VAL_LOSS_MAX_IMAGES``) and the
+        data position and RNG states saved with each checkpoint, for an exact ``--resume``.
+        """
         ret = super().build_hooks()
+        # before the checkpointer (main process) or EvalHook (others): captured when a save is due
+        savers = (hooks.PeriodicCheckpointer, hooks.EvalHook)
+        at = [i for i, h in enumerate(ret) if isinstance(h, savers)]
+        resume = ResumeStateHook(self.data_loader, self.cfg.SOLVER.CHECKPOINT_PERIOD)
+        ret.insert(at[0] if at else len(ret), resume)
         val_loss = build_validation_loss_hook(self.cfg, self.model)
         if val_loss is not None:
             # before the PeriodicWriter (main process only), so each evaluation is written with its step
@@ -89,9 +95,25 @@ class MultiMaskTrainer(DefaultTrainer):
             ret.insert(writer[0] if writer else len(ret), val_loss)
         return ret
 
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            # the RPN's "Predicted boxes or scores contain Inf/NaN" does not say when
+            if "iteration" in str(e):
+                raise
+            raise FloatingPointError(f"{e} (at iteration {self.iter})") from e
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer.test, leaving the RNG states as they were (see preserve_rng_states)."""
+        with preserve_rng_states():
+            return super().test(cfg, model, evaluators)
+
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=MultiMaskDatasetMapper(cfg, is_train=True))
+        """detectron2's train loader with MultiMaskDatasetMapper, able to resume mid-stream."""
+        return build_resumable_train_loader(cfg, MultiMaskDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

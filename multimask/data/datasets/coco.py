@@ -36,11 +36,14 @@ Each annotation of the resulting standard dataset dict has ``bbox`` (XYWH_ABS, r
 (contiguous), ``iscrowd``, ``multimask`` (dict mask name -> polygons / RLE dict / None),
 ``segmentation`` when the primary mask is annotated, and ``occlude_rate`` when the JSON has it.
 Malformed input raises ValueError (or FileNotFoundError) naming the file and the image / annotation
-id; polygons with fewer than 3 points are dropped with a count in the log, as detectron2 does.
+id; polygons with fewer than 3 points are dropped with a count in the log, as detectron2 does. A
+mapping key that no annotation of the file has (often a typo) is logged as a warning: its masks are
+then not annotated, which trains with a zero loss for them.
 """
 
 import json
 import logging
+import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -50,7 +53,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .mask_fields import MaskFieldError, MaskFields, to_rle
+from .mask_fields import MaskFields, to_rle
 
 __all__ = [
     "load_multimask_coco_json",
@@ -106,12 +109,16 @@ def _image_records(
                 where = f"image id {img.get('id')}" if isinstance(img, dict) else f"image {img!r}"
                 raise ValueError(f"{json_file}: {where} has no '{k}'")
         file_name = os.path.join(image_root, img["file_name"])
+        where = f"{json_file}: image id {img['id']} ({img['file_name']})"
+        if img["id"] in records:
+            # a dict keyed by id would keep one of them, silently, with both images' annotations
+            raise ValueError(f"{where}: the id is used by another image too")
         if check_images and not PathManager.isfile(file_name):
             missing.append((file_name, img["id"]))
         records[img["id"]] = {
             "file_name": file_name,
-            "height": int(img["height"]),
-            "width": int(img["width"]),
+            "height": _image_side(img, "height", where),
+            "width": _image_side(img, "width", where),
             "image_id": img["id"],
             "annotations": [],
         }
@@ -128,6 +135,16 @@ def _image_records(
     return records
 
 
+def _image_side(img: Mapping[str, Any], key: str, where: str) -> int:
+    try:
+        value = int(img[key])
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or isinstance(img[key], bool):
+        raise ValueError(f"{where}: '{key}' must be a positive integer, got {img[key]!r}")
+    return value
+
+
 def _bbox(
     ann: Mapping[str, Any], bbox_field: str, primary: Optional[Any], h: int, w: int, where: str
 ):
@@ -141,9 +158,23 @@ def _bbox(
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise ValueError(f"{where}: '{bbox_field}' must be [x, y, width, height], got {bbox!r}")
     try:
-        return [float(v) for v in bbox]
+        box = [float(v) for v in bbox]
     except (TypeError, ValueError):
         raise ValueError(f"{where}: '{bbox_field}' must hold 4 numbers, got {bbox!r}") from None
+    if not all(math.isfinite(v) for v in box) or box[2] < 0 or box[3] < 0:
+        raise ValueError(
+            f"{where}: '{bbox_field}' {bbox!r} must be finite with width and height >= 0"
+        )
+    return box
+
+
+def _occlude_rate(value: Any, where: str) -> Any:
+    # checked here: the evaluator reads it only after training
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+    ):
+        raise ValueError(f"{where}: occlude_rate {value!r} is not a number in [0, 1]")
+    return value
 
 
 def multimask_dicts_from_coco(
@@ -185,9 +216,12 @@ def multimask_dicts_from_coco(
     records = _image_records(coco, json_file, image_root, check_images)
 
     num_dropped_polygons = num_dropped_instances = num_instances = 0
-    for ann in _check_list(coco, "annotations", json_file):
+    keys_seen = set()  # every annotation key of the file, to spot mapping keys that never occur
+    annotations = _check_list(coco, "annotations", json_file)
+    for ann in annotations:
         if not isinstance(ann, dict):
             raise ValueError(f"{json_file}: annotation {ann!r} is not a dict")
+        keys_seen.update(k for k, v in ann.items() if v is not None)
         where = f"{json_file}: annotation id {ann.get('id')} (image id {ann.get('image_id')})"
         record = records.get(ann.get("image_id"))
         if record is None:
@@ -200,7 +234,7 @@ def multimask_dicts_from_coco(
         h, w = record["height"], record["width"]
         try:
             masks, dropped = fields.resolve(ann, h, w)
-        except MaskFieldError as e:
+        except ValueError as e:  # MaskFieldError, or pycocotools on a mask it cannot combine
             raise ValueError(f"{where}: {e}") from None
         num_dropped_polygons += dropped
         if all(m is None for m in masks.values()):
@@ -216,7 +250,9 @@ def multimask_dicts_from_coco(
         }
         if masks[primary_name] is not None:
             obj["segmentation"] = masks[primary_name]
-        for key in ("occlude_rate",) + tuple(extra_annotation_keys):
+        if "occlude_rate" in ann:
+            obj["occlude_rate"] = _occlude_rate(ann["occlude_rate"], where)
+        for key in extra_annotation_keys:
             if key in ann:
                 obj[key] = ann[key]
         record["annotations"].append(obj)
@@ -224,8 +260,17 @@ def multimask_dicts_from_coco(
 
     if num_dropped_polygons:
         logger.warning(
-            f"{json_file}: dropped {num_dropped_polygons} polygons with fewer than 3 points; "
+            f"{json_file}: dropped {num_dropped_polygons} polygons with fewer than 3 points (or an "
+            "odd number of coordinates); "
             f"{num_dropped_instances} instances were left without any valid mask and skipped."
+        )
+    never = [k for k in fields.keys if k not in keys_seen]
+    if never and annotations:
+        users = [n for n, expr in fields.mask_fields.items() if set(expr.split()) & set(never)]
+        logger.warning(
+            f"{json_file}: no annotation has the key(s) {never} that mask_fields reads for masks "
+            f"{users}: those masks are not annotated (or take their 'or' fallback) everywhere. "
+            f"Is the mapping right? The annotations' keys are {sorted(keys_seen)}."
         )
     dicts = list(records.values())
     logger.info(

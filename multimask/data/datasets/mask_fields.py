@@ -18,7 +18,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = ["MaskFields", "MaskFieldError", "empty_rle", "shift_polygon_coords", "to_rle"]
+__all__ = [
+    "MaskFields",
+    "MaskFieldError",
+    "empty_rle",
+    "rle_length",
+    "shift_polygon_coords",
+    "to_rle",
+]
 
 _OPS = ("or", "-", "&", "|")
 _EMPTY = "empty"
@@ -101,6 +108,8 @@ def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
             raise MaskFieldError("holds a list that is neither polygons nor one flat polygon")
         polygons = [p for p in value if len(p) >= 6 and len(p) % 2 == 0]
         dropped = len(value) - len(polygons)
+        if polygons:
+            _check_polygon_coords(polygons, height, width)
         return (polygons if polygons else None), dropped
     if isinstance(value, dict):
         if "counts" not in value or "size" not in value:
@@ -112,8 +121,75 @@ def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
             raise MaskFieldError(f"holds an RLE of size {size}, but the image is {[height, width]}")
         if not isinstance(value["counts"], (str, bytes, list)):
             raise MaskFieldError(f"holds an RLE whose counts is a {type(value['counts']).__name__}")
+        if rle_length(value["counts"]) != height * width:
+            # pycocotools would fail on it ("Invalid RLE mask representation") only when training
+            # reads it, without saying which annotation
+            raise MaskFieldError(
+                f"holds an RLE whose counts do not describe the {height} x {width} pixels of its "
+                "size: it is truncated or corrupt"
+            )
         return value, 0
     raise MaskFieldError(f"holds a {type(value).__name__}, neither polygons nor RLE")
+
+
+# Polygon vertices farther than this many image sizes from the image are an error: pycocotools
+# allocates memory in proportion to a polygon's extent (1e8 px needs ~8 GB), and a NaN vertex is
+# worse still, so such a value would end the process instead of raising.
+MAX_POLYGON_EXTENT = 10
+
+
+def _check_polygon_coords(polygons: List[list], height: int, width: int) -> None:
+    try:
+        coords = np.concatenate([np.asarray(p, dtype=np.float64) for p in polygons])
+    except (TypeError, ValueError):
+        raise MaskFieldError("holds a polygon with a coordinate that is not a number") from None
+    if not np.isfinite(coords).all():
+        raise MaskFieldError("holds a polygon with a NaN or infinite coordinate")
+    limit = MAX_POLYGON_EXTENT * max(height, width)
+    if np.abs(coords).max() > limit:
+        raise MaskFieldError(
+            f"holds a polygon coordinate {float(np.abs(coords).max()):g}, more than "
+            f"{MAX_POLYGON_EXTENT}x the {height} x {width} image away from it"
+        )
+
+
+def rle_length(counts: Any) -> int:
+    """
+    The number of pixels an RLE's counts describe (what its size must multiply to), or -1 if the
+    counts are malformed: negative runs, or a compressed string that is cut or has other characters.
+
+    Args:
+        counts: uncompressed (list of ints) or compressed (pycocotools' str / bytes) RLE counts.
+    """
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            return -1
+        return sum(counts)
+    # pycocotools' string format: runs as 6-bit groups (5 value bits, bit 0x20 "more follows", sign
+    # bit 0x10 in the last group), offset by 48; from the third run on, each run is stored as the
+    # difference to the run two places before. Decoded here with array operations.
+    try:
+        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    except UnicodeEncodeError:
+        return -1
+    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return 0
+    if c.min() < 0 or c.max() > 63 or c[-1] & 0x20:
+        return -1
+    ends = np.flatnonzero((c & 0x20) == 0)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    lengths = ends - starts + 1
+    if lengths.max() > 7:  # > 35 bits: no real mask has such a run
+        return -1
+    shift = 5 * (np.arange(c.size) - np.repeat(starts, lengths))
+    runs = np.add.reduceat((c & 0x1F) << shift, starts)
+    runs -= np.where(c[ends] & 0x10, np.left_shift(1, 5 * lengths), 0)
+    runs[1::2] = np.cumsum(runs[1::2])
+    runs[2::2] = np.cumsum(runs[2::2])
+    if runs.min() < 0:
+        return -1
+    return int(runs.sum())
 
 
 # Above this many pixels, a difference is computed on the box of its first mask only (see combine).
