@@ -24,7 +24,7 @@ from .resume import (
     preserve_rng_states,
     restore_resume_state,
 )
-from .trainer import MultiMaskTrainer
+from .trainer import MultiMaskTrainer, check_num_classes
 
 __all__ = ["do_train", "do_test"]
 
@@ -70,6 +70,7 @@ def do_train(cfg, model, resume: bool = False) -> None:
     data_loader = MultiMaskTrainer.build_train_loader(cfg)
     # the data position and RNG states of start_iter, so a resumed run continues the same curve
     restore_resume_state(checkpoint.get("resume_state"), data_loader, start_iter)
+    check_num_classes(cfg)
     val_loss = build_validation_loss_hook(cfg, model)  # None unless TEST.EVAL_PERIOD > 0
     logger.info(f"Starting training from iteration {start_iter}")
     with EventStorage(start_iter) as storage:
