@@ -16,6 +16,8 @@ dotted overrides:
 """
 import logging
 
+import torch
+
 from detectron2.engine import create_ddp_model, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
@@ -38,6 +40,10 @@ logger = logging.getLogger("multimask")
 def setup(args):
     # imports MULTIMASK.CUSTOM_IMPORTS (and runs their add_config) before merging the file
     cfg = get_multimask_cfg(args.config_file, args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # detectron2 would fail deep inside torch ("Found no NVIDIA driver"); the demo falls back too
+        logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: using cpu.")
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
