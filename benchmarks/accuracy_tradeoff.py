@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""
+Accuracy side of the trade (issue 6): one K = 2 model (amodal + visible) against two single-mask
+models (one per mask name), and the shared trunk against separate towers, all on the synthetic
+dataset with the quick schedule. Runs the trainings one at a time; prints per-mask AP, train time.
+
+    python benchmarks/accuracy_tradeoff.py                 # the 4 runs, then the table
+    python benchmarks/accuracy_tradeoff.py --root /tmp/smoke --opts SOLVER.MAX_ITER 4   # smoke run
+    python benchmarks/accuracy_tradeoff.py --report-only   # the table of the finished runs
+
+Every run trains with ``train_net.py --config-file <quick config> MODEL.DEVICE cpu OUTPUT_DIR
+<root>/<run> DATASETS.TEST "()"`` plus the run's overrides (no evaluation inside the training
+process, so its time is training only), then this script evaluates ``model_final.pth`` on the
+validation split with multimask's ``do_test`` (MultiMaskCOCOEvaluator). Train time is reported three
+ways: detectron2's "Total training time" (iterations, hooks, checkpoints), the wall time of the
+training process, and its CPU time (user + system, data-loader workers and start-up included), which
+depends less on other jobs sharing the machine. A finished run (eval_results.json present) is not
+run again unless --force.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml"
+RUNS = {
+    "joint_shared": [],
+    "joint_towers": ["MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS", "0"],
+    "single_amodal": [
+        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
+        "1",
+        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
+        "['amodal']",
+    ],
+    "single_visible": [
+        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
+        "1",
+        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
+        "['visible']",
+    ],
+}
+MASKS = ("amodal", "visible")
+
+
+def _parse_duration(text: str) -> float:
+    """detectron2's H:MM:SS (optionally "N day, H:MM:SS") -> seconds."""
+    days = 0
+    if "day" in text:
+        d, text = text.split(",", 1)
+        days = int(d.split()[0])
+    h, m, s = (float(v) for v in text.strip().split(":"))
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
+def read_run(out_dir: str) -> dict:
+    """AP per mask (eval_results.json) and train times (log.txt, bench_times.json) of a run."""
+    res = {}
+    results = os.path.join(out_dir, "eval_results.json")
+    if os.path.isfile(results):
+        with open(results) as f:
+            for task, metrics in json.load(f).items():
+                res[f"{task}/AP"] = metrics.get("AP")
+    log = os.path.join(out_dir, "log.txt")
+    if os.path.isfile(log):
+        with open(log) as f:
+            found = re.findall(r"Total training time: ([0-9:, a-z]+)", f.read())
+        if found:
+            res["train_s"] = _parse_duration(found[-1].split("(")[0])
+    times = os.path.join(out_dir, "bench_times.json")
+    if os.path.isfile(times):
+        with open(times) as f:
+            res.update(json.load(f))
+    return res
+
+
+def overrides(name: str, extra) -> list:
+    return ["MODEL.DEVICE", "cpu", *RUNS[name], *extra]
+
+
+def train(name: str, args) -> None:
+    out_dir = os.path.join(args.root, name)
+    opts = overrides(name, args.opts) + ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()"]
+    cmd = [sys.executable, "train_net.py", "--config-file", CONFIG, *opts]
+    print(f"[{name}] {' '.join(cmd)}  (load {os.getloadavg()[0]:.2f})", flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with open(os.path.join(args.root, f"{name}.stdout"), "w") as log:
+        subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with open(os.path.join(out_dir, "bench_times.json"), "w") as f:
+        json.dump({"wall_s": wall, "cpu_s": cpu, "load_end": os.getloadavg()[0]}, f)
+
+
+def evaluate(name: str, args) -> None:
+    """Evaluate the run's final weights on cfg.DATASETS.TEST with multimask's do_test."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    sys.path.insert(0, REPO_ROOT)
+    from multimask.config import get_multimask_cfg
+    from multimask.engine import do_test
+
+    out_dir = os.path.join(args.root, name)
+    cfg = get_multimask_cfg(os.path.join(REPO_ROOT, CONFIG), overrides(name, args.opts))
+    cfg.OUTPUT_DIR = out_dir
+    cfg.freeze()
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(os.path.join(out_dir, "model_final.pth"))
+    results = do_test(cfg, model)
+    with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"[{name}] done: {read_run(out_dir)} (load {os.getloadavg()[0]:.2f})", flush=True)
+
+
+def report(root: str, names) -> None:
+    """Print the table of the runs, and the joint models against the two single-mask models."""
+    r = {n: read_run(os.path.join(root, n)) for n in names}
+    head = ["run", "box AP", "amodal AP", "visible AP", "amodal occl. AP", "visible occl. AP",
+            "train s (d2)", "train wall s", "train CPU s"]  # fmt: skip
+    keys = ["bbox/AP"] + [f"segm_{m}/AP" for m in MASKS] + [f"segm_{m}_occluded/AP" for m in MASKS]
+    keys += ["train_s", "wall_s", "cpu_s"]
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for n in names:
+        cells = [r[n].get(k) for k in keys]
+        print(f"| {n} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in cells) + " |")
+    singles = [r.get(n, {}) for n in ("single_amodal", "single_visible")]
+    for clock in ("train_s", "cpu_s"):
+        if not all(clock in s for s in singles):
+            continue
+        combined = sum(s[clock] for s in singles)
+        print(f"\ntwo single-mask models, {clock}: {combined:.0f} s combined")
+        for joint in ("joint_shared", "joint_towers"):
+            j = r.get(joint, {})
+            if clock not in j:
+                continue
+            deltas = [
+                f"{m} {j[f'segm_{m}/AP'] - s[f'segm_{m}/AP']:+.1f}"
+                for m, s in zip(MASKS, singles)
+                if j.get(f"segm_{m}/AP") is not None and s.get(f"segm_{m}/AP") is not None
+            ]
+            print(
+                f"{joint}: {clock} {j[clock] / combined:.2f} x the two single models "
+                f"(target <= 0.6); AP - single-mask model's: {', '.join(deltas)} (target >= -1)"
+            )
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--root", default=os.path.join(REPO_ROOT, "output", "accuracy_tradeoff"))
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of the runs")
+    parser.add_argument(
+        "--force", action="store_true", help="train and evaluate finished runs again"
+    )
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
+    args = parser.parse_args()
+    names = args.runs.split(",")
+    unknown = set(names) - set(RUNS)
+    if unknown:
+        raise SystemExit(f"unknown runs {sorted(unknown)}; known: {list(RUNS)}")
+    os.makedirs(args.root, exist_ok=True)
+    if not args.report_only:
+        for n in names:
+            out_dir = os.path.join(args.root, n)
+            if not args.force and os.path.isfile(os.path.join(out_dir, "eval_results.json")):
+                continue
+            if args.force or not os.path.isfile(os.path.join(out_dir, "model_final.pth")):
+                train(n, args)
+            evaluate(n, args)
+    report(args.root, names)
+
+
+if __name__ == "__main__":
+    main()
