@@ -90,13 +90,22 @@ def train(name: str, args) -> None:
     print(f"[{name}] {' '.join(cmd)}  (load {os.getloadavg()[0]:.2f})", flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
+    env = dict(os.environ)
+    if args.threads:
+        # torch reads these at start-up for its intra-op threads
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     with open(os.path.join(args.root, f"{name}.stdout"), "w") as log:
-        subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(
+            cmd, cwd=REPO_ROOT, env=env, check=True, stdout=log, stderr=subprocess.STDOUT
+        )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     with open(os.path.join(out_dir, "bench_times.json"), "w") as f:
-        json.dump({"wall_s": wall, "cpu_s": cpu, "load_end": os.getloadavg()[0]}, f)
+        json.dump(
+            {"wall_s": wall, "cpu_s": cpu, "threads": args.threads, "load_end": os.getloadavg()[0]},
+            f,
+        )
 
 
 def evaluate(name: str, args) -> None:
@@ -162,6 +171,13 @@ def main():
         "--force", action="store_true", help="train and evaluate finished runs again"
     )
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of each training (0: torch's default). 1 keeps CPU time comparable on "
+        "a shared machine, where waiting threads of a multi-threaded run spin and count as CPU time",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = parser.parse_args()
     names = args.runs.split(",")
