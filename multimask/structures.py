@@ -8,9 +8,74 @@ import torch.nn.functional as F
 
 from detectron2.layers import ROIAlign
 from detectron2.structures import BitMasks, PolygonMasks
-from detectron2.structures.masks import polygons_to_bitmask
+from detectron2.structures.masks import polygons_to_bitmask, rasterize_polygons_within_box
 
-__all__ = ["MultiMasks", "segmentation_to_bitmask"]
+__all__ = ["MultiMasks", "rasterize_polygons_on_boxes", "segmentation_to_bitmask", "shift_polygon_coords"]
+
+# Polygons of one mask: flat float64 arrays [x0, y0, x1, y1, ...], in image coordinates.
+Polygons = List[np.ndarray]
+
+
+def shift_polygon_coords(coords: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """
+    Move polygon vertices by an integer offset, so that pycocotools rasterises them as unmoved.
+
+    pycocotools snaps each vertex to a 1/5 px grid, as ``trunc(5 * v + 0.5)``, before rasterising.
+    ``5 * (x - x0)`` and ``5 * x - 5 * x0`` can round differently in floating point, which flips
+    boundary pixels when ``5 * x + 0.5`` is (nearly) an integer, as it is for a fifth of all
+    coordinates given with two decimals. So the grid point is computed from the unmoved coordinates,
+    then shifted, and the returned vertex lies where pycocotools snaps it to exactly that point.
+
+    Args:
+        coords: vertices (V, 2), float64, image coordinates.
+        offset: integer (x0, y0), shape (2,) or (V, 2).
+
+    Returns:
+        ndarray (V, 2), float64: the vertices in the coordinates of a crop with corner `offset`.
+    """
+    q = np.trunc(coords * 5.0 + 0.5) - 5 * offset
+    # trunc rounds towards zero: a negative grid point q needs 5 * v + 0.5 in (q - 1, q]
+    return np.where(q >= 0, q, q - 1) / 5.0
+
+
+def rasterize_polygons_on_boxes(
+    coords: np.ndarray, num_vertices: Sequence[int], polygons_per_mask: Sequence[int], out: np.ndarray, slots: Sequence[int]
+) -> None:
+    """
+    Rasterise M polygon masks into full-image masks, each on its own bounding box only.
+
+    Decoding a full-image mask costs O(H * W) and objects usually cover a small part of the image,
+    so each mask is rasterised on its box (the result equals rasterising on the whole image).
+
+    Args:
+        coords: (V, 2) float64 vertices of every polygon of every mask, grouped by polygon, polygons
+            grouped by mask, in image coordinates (need not lie inside the image).
+        num_vertices: vertex count of each polygon.
+        polygons_per_mask: M polygon counts, summing to len(num_vertices).
+        out: bool array of shape (S, H, W), zero where the masks go; written in place.
+        slots: M indices into `out`, where each mask goes.
+    """
+    if len(polygons_per_mask) == 0:
+        return
+    h, w = out.shape[1:]
+    poly_starts = np.cumsum([0, *polygons_per_mask])[:-1]
+    vertex_starts = np.cumsum([0, *num_vertices])[poly_starts]
+    lo = np.floor(np.minimum.reduceat(coords, vertex_starts, axis=0)) - 1
+    hi = np.ceil(np.maximum.reduceat(coords, vertex_starts, axis=0)) + 2
+    lo = np.clip(lo, 0, [w, h]).astype(np.int64)
+    hi = np.clip(hi, 0, [w, h]).astype(np.int64)
+    vertex_mask = np.repeat(
+        np.arange(len(polygons_per_mask)), np.diff(np.append(vertex_starts, len(coords)))
+    )
+    shifted = shift_polygon_coords(coords, lo[vertex_mask])
+    flat = [p.ravel() for p in np.split(shifted, np.cumsum(num_vertices)[:-1])]
+    for m, (first, count) in enumerate(zip(poly_starts, polygons_per_mask)):
+        (x0, y0), (x1, y1) = lo[m], hi[m]
+        if x1 <= x0 or y1 <= y0:
+            continue  # entirely outside the image
+        rles = mask_util.frPyObjects(flat[first : first + count], int(y1 - y0), int(x1 - x0))
+        rle = rles[0] if count == 1 else mask_util.merge(rles)
+        out[slots[m], y0:y1, x0:x1] = mask_util.decode(rle)
 
 
 def segmentation_to_bitmask(segm: Any, height: int, width: int) -> np.ndarray:
@@ -51,10 +116,17 @@ def segmentation_to_bitmask(segm: Any, height: int, width: int) -> np.ndarray:
 
 class MultiMasks:
     """
-    K named bitmasks per instance, plus a flag per (instance, mask) saying whether that mask is annotated.
+    K named masks per instance, plus a flag per (instance, mask) saying whether that mask is annotated.
 
     A mask that is not annotated for an instance is stored as empty and must be ignored (the losses and the
     evaluator do); it is never a claim that the object has an empty mask.
+
+    Each mask is stored either as bits (an (N, K, H, W) tensor) or, like detectron2's ``PolygonMasks``,
+    as polygons that are rasterised only when needed: ``crop_and_resize`` (the training targets)
+    rasterises them on each ROI at the target size, and the full-image accessors (``tensor``, ``get``,
+    ``area``, ...) rasterise every polygon mask once and keep the result. The dataset mapper keeps
+    polygon annotations as polygons with ``INPUT.MASK_FORMAT "polygon"`` (detectron2's default), which
+    saves rasterising and moving (N, K, H, W) bits per image.
 
     Indexing does not copy the masks: it keeps a view (an index into the stored masks), so detectron2's
     proposal matching, which indexes every ``gt_*`` field with one row per sampled proposal, costs no
@@ -68,39 +140,115 @@ class MultiMasks:
 
     def __init__(
         self,
-        masks: Union[torch.Tensor, np.ndarray],
+        masks: Optional[Union[torch.Tensor, np.ndarray]],
         mask_names: Sequence[str],
         annotated: Optional[Union[torch.Tensor, np.ndarray]] = None,
         _index: Optional[torch.Tensor] = None,
+        *,
+        polygons: Optional[List[List[Optional[Polygons]]]] = None,
+        image_size: Optional[Tuple[int, int]] = None,
+        _cache: Optional[list] = None,
     ):
         """
         Args:
-            masks: shape (N, K, H, W), bool or 0/1 numbers.
+            masks: shape (N, K, H, W), bool or 0/1 numbers; None = no mask stored as bits (then
+                `polygons` and `image_size` are required).
             mask_names: K names.
             annotated: shape (N, K) bool; None = every mask annotated.
+            polygons: N lists of K entries: the polygons of that mask (a non-empty list of flat
+                [x0, y0, x1, y1, ...] arrays, image coordinates) or None where the mask is given by
+                `masks` (or is empty). Where an entry has polygons, `masks` must be empty there.
+            image_size: (H, W); required when `masks` is None, else it must agree with `masks`.
         """
-        device = masks.device if isinstance(masks, torch.Tensor) else torch.device("cpu")
-        masks = torch.as_tensor(masks, device=device)
-        if masks.dim() != 4:
-            raise ValueError(f"MultiMasks expects masks of shape (N, K, H, W), got {tuple(masks.shape)}")
         self.mask_names = tuple(mask_names)
-        if masks.shape[1] != len(self.mask_names):
-            raise ValueError(
-                f"masks have K={masks.shape[1]} channels but {len(self.mask_names)} names were given: "
-                f"{list(self.mask_names)}"
-            )
-        self._data = masks if masks.dtype == torch.bool else masks != 0
+        k = len(self.mask_names)
+        if masks is not None:
+            device = masks.device if isinstance(masks, torch.Tensor) else torch.device("cpu")
+            masks = torch.as_tensor(masks, device=device)
+            if masks.dim() != 4:
+                raise ValueError(
+                    f"MultiMasks expects masks of shape (N, K, H, W), got {tuple(masks.shape)}"
+                )
+            if masks.shape[1] != k:
+                raise ValueError(
+                    f"masks have K={masks.shape[1]} channels but {k} names were given: "
+                    f"{list(self.mask_names)}"
+                )
+            masks = masks if masks.dtype == torch.bool else masks != 0
+            size = (int(masks.shape[2]), int(masks.shape[3]))
+            if image_size is not None and tuple(image_size) != size:
+                raise ValueError(f"image_size {tuple(image_size)} but masks of size {size}")
+            num_stored = len(masks)
+        else:
+            if polygons is None or image_size is None:
+                raise ValueError("MultiMasks without bit masks needs polygons and image_size")
+            device = torch.device("cpu")
+            size = (int(image_size[0]), int(image_size[1]))
+            num_stored = len(polygons)
+        if polygons is not None:
+            if len(polygons) != num_stored or any(len(p) != k for p in polygons):
+                raise ValueError(
+                    f"polygons must hold {num_stored} lists of {k} entries (one per mask name)"
+                )
+        self._bits = masks
+        self._polygons = polygons
+        self._size = size
+        self._device = device
+        # the full-image bits, once rasterised; shared by every view of the same storage
+        self._cache = [None] if _cache is None else _cache
         self._index = (
-            torch.arange(len(masks), device=device) if _index is None else _index.to(torch.long)
+            torch.arange(num_stored, device=device) if _index is None else _index.to(torch.long)
         )
         if annotated is None:
-            annotated = torch.ones((len(self._index), len(self.mask_names)), dtype=torch.bool)
+            annotated = torch.ones((len(self._index), k), dtype=torch.bool)
         self.annotated = torch.as_tensor(annotated, device=device).to(torch.bool)
-        if self.annotated.shape != (len(self._index), len(self.mask_names)):
+        if self.annotated.shape != (len(self._index), k):
             raise ValueError(
-                f"annotated must have shape {(len(self._index), len(self.mask_names))}, "
+                f"annotated must have shape {(len(self._index), k)}, "
                 f"got {tuple(self.annotated.shape)}"
             )
+
+    def _view(self, index: torch.Tensor, annotated: torch.Tensor) -> "MultiMasks":
+        return MultiMasks(
+            self._bits,
+            self.mask_names,
+            annotated,
+            _index=index,
+            polygons=self._polygons,
+            image_size=self._size,
+            _cache=self._cache,
+        )
+
+    @property
+    def _data(self) -> torch.Tensor:
+        """The stored masks as full-image bits, shape (S, K, H, W): polygon masks rasterised once."""
+        if self._polygons is None:
+            return self._bits
+        if self._cache[0] is None:
+            h, w = self._size
+            s, k = len(self._polygons), len(self.mask_names)
+            if self._bits is None:
+                data = np.zeros((s * k, h, w), dtype=bool)
+            else:
+                data = self._bits.cpu().numpy().reshape(s * k, h, w).copy()
+            slots, per_mask, polys = [], [], []
+            for i, per_inst in enumerate(self._polygons):
+                for j, p in enumerate(per_inst):
+                    if p:
+                        slots.append(i * k + j)
+                        per_mask.append(len(p))
+                        polys.extend(np.asarray(q, dtype=np.float64).reshape(-1, 2) for q in p)
+            if polys:
+                rasterize_polygons_on_boxes(
+                    np.concatenate(polys), [len(q) for q in polys], per_mask, data, slots
+                )
+            self._cache[0] = torch.from_numpy(data).view(s, k, h, w).to(self._device)
+        return self._cache[0]
+
+    @property
+    def has_polygons(self) -> bool:
+        """Whether some masks are stored as polygons (rasterised when needed)."""
+        return self._polygons is not None
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -175,8 +323,7 @@ class MultiMasks:
         if isinstance(item, torch.Tensor) and item.dtype == torch.bool:
             if item.shape != (len(self),):
                 raise IndexError(f"bool index of shape {tuple(item.shape)} for {len(self)} instances")
-        index = self._index[item]
-        return MultiMasks(self._data, self.mask_names, self.annotated[item], _index=index)
+        return self._view(self._index[item], self.annotated[item])
 
     @classmethod
     def cat(cls, multimasks_list: List["MultiMasks"]) -> "MultiMasks":
@@ -196,22 +343,28 @@ class MultiMasks:
         return cls(torch.cat(tensors), names, annotated)
 
     def to(self, *args: Any, **kwargs: Any) -> "MultiMasks":
-        data = self._data.to(*args, **kwargs)
+        """Move the bits (polygons stay numpy arrays, as in ``PolygonMasks``)."""
+        device = torch.empty(0, device=self._device).to(*args, **kwargs).device
+        bits = None if self._bits is None else self._bits.to(device=device)
+        cache = [None if self._cache[0] is None else self._cache[0].to(device=device)]
         return MultiMasks(
-            data,
+            bits,
             self.mask_names,
-            self.annotated.to(device=data.device),
-            _index=self._index.to(device=data.device),
+            self.annotated.to(device=device),
+            _index=self._index.to(device=device),
+            polygons=self._polygons,
+            image_size=self._size,
+            _cache=cache,
         )
 
     @property
     def device(self) -> torch.device:
-        return self._data.device
+        return self._device
 
     # ------------------------------------------------------------------ accessors
     @property
     def image_size(self) -> Tuple[int, int]:
-        return (int(self._data.shape[2]), int(self._data.shape[3]))
+        return self._size
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -257,13 +410,34 @@ class MultiMasks:
             return torch.zeros(
                 (0, len(self.mask_names), mask_size, mask_size), dtype=torch.bool, device=self.device
             )
-        # Only the stored rows that are referenced are converted to float; the view's index is the
-        # ROIAlign batch index, so no per-proposal copy of the full masks is made.
-        used, batch_idx = torch.unique(self._index, return_inverse=True)
-        data = self._data[used].to(dtype=torch.float32)
-        rois = torch.cat([batch_idx.to(boxes.dtype)[:, None], boxes.to(data.device)], dim=1)
-        out = ROIAlign((mask_size, mask_size), 1.0, 0, aligned=True).forward(data, rois.to(data.dtype))
-        return out >= 0.5
+        k = len(self.mask_names)
+        if self._bits is None:
+            out = torch.zeros((len(self), k, mask_size, mask_size), dtype=torch.bool, device=self.device)
+        else:
+            # Only the stored rows that are referenced are converted to float; the view's index is
+            # the ROIAlign batch index, so no per-proposal copy of the full masks is made.
+            used, batch_idx = torch.unique(self._index, return_inverse=True)
+            data = self._bits[used].to(dtype=torch.float32)
+            rois = torch.cat([batch_idx.to(boxes.dtype)[:, None], boxes.to(data.device)], dim=1)
+            out = ROIAlign((mask_size, mask_size), 1.0, 0, aligned=True).forward(
+                data, rois.to(data.dtype)
+            )
+            out = out >= 0.5
+        if self._polygons is not None:
+            # as PolygonMasks.crop_and_resize: rasterise each polygon mask on its ROI, at M x M, on
+            # the CPU (polygons are numpy arrays), then one copy to the device
+            boxes_np = boxes.detach().to("cpu", torch.float64).numpy()
+            rasterized = torch.zeros((len(self), k, mask_size, mask_size), dtype=torch.bool)
+            from_polygons = torch.zeros((len(self), k), dtype=torch.bool)
+            for r, s in enumerate(self._index.tolist()):
+                for j, polys in enumerate(self._polygons[s]):
+                    if polys:
+                        rasterized[r, j] = rasterize_polygons_within_box(polys, boxes_np[r], mask_size)
+                        from_polygons[r, j] = True
+            out = torch.where(
+                from_polygons.to(out.device)[:, :, None, None], rasterized.to(out.device), out
+            )
+        return out
 
     def __repr__(self) -> str:
         return (

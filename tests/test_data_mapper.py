@@ -9,7 +9,7 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
-from detectron2.structures import BoxMode
+from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 from detectron2.structures.masks import polygons_to_bitmask
 
 from multimask import add_multimask_config
@@ -76,10 +76,22 @@ TRANSFORMS = {
 }
 
 
+def primary_bits(instances) -> np.ndarray:
+    """gt_masks as (N, H, W) bits, whether PolygonMasks or BitMasks."""
+    m = instances.gt_masks
+    if isinstance(m, PolygonMasks):
+        h, w = instances.image_size
+        return BitMasks.from_polygon_masks(m, h, w).tensor.numpy()
+    return m.tensor.numpy()
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
 @pytest.mark.parametrize("name", list(TRANSFORMS))
-def test_masks_follow_the_image(image_file, name):
+def test_masks_follow_the_image(image_file, name, mask_format):
     transforms = T.TransformList(TRANSFORMS[name])
-    out = mapper(TRANSFORMS[name])(dataset_dict(image_file, [annotation()]))
+    out = mapper(TRANSFORMS[name], mask_format=mask_format)(
+        dataset_dict(image_file, [annotation()])
+    )
     image = cv2.imread(image_file)
     expected_image = transforms.apply_image(image)
     assert tuple(out["image"].shape) == (3,) + expected_image.shape[:2]
@@ -111,7 +123,36 @@ def test_masks_follow_the_image(image_file, name):
     expected_box[0::2] = expected_box[0::2].clip(0, w)
     expected_box[1::2] = expected_box[1::2].clip(0, h)
     np.testing.assert_allclose(box, expected_box, atol=1e-4)
-    np.testing.assert_array_equal(inst.gt_masks.tensor[0].numpy(), got[0])  # primary = amodal
+    # primary = amodal, a polygon: detectron2's type for the format
+    assert isinstance(inst.gt_masks, PolygonMasks if mask_format == "polygon" else BitMasks)
+    assert inst.gt_multimask.has_polygons == (mask_format == "polygon")
+    np.testing.assert_array_equal(primary_bits(inst)[0], got[0])
+
+
+def test_polygon_format_targets_are_rasterised_per_roi(image_file):
+    """MASK_FORMAT polygon: the loss targets of polygon masks are PolygonMasks' (rasterised on the
+    ROI), those of RLE masks BitMasks'; the full-image masks equal the bitmask format's."""
+    transforms = TRANSFORMS["resize_flip_crop"]
+    d = dataset_dict(image_file, [annotation(), annotation(category_id=2)])
+    poly = mapper(transforms, mask_format="polygon")(d)["instances"]
+    bits = mapper(transforms, mask_format="bitmask")(d)["instances"]
+    assert poly.gt_multimask.has_polygons and not bits.gt_multimask.has_polygons
+    np.testing.assert_array_equal(poly.gt_multimask.tensor.numpy(), bits.gt_multimask.tensor.numpy())
+    # proposals as matching makes them: rows repeat, in another order
+    rows = torch.tensor([1, 0, 1])
+    boxes = torch.tensor([[3.0, 2.0, 50.0, 40.0], [10.0, 5.0, 30.0, 33.0], [0.0, 0.0, 70.0, 50.0]])
+    got = poly.gt_multimask[rows].crop_and_resize(boxes, 14)
+    assert got.shape == (3, 2, 14, 14) and got.dtype == torch.bool
+    np.testing.assert_array_equal(
+        got[:, 0].numpy(), poly.gt_masks[rows].crop_and_resize(boxes, 14).numpy()
+    )
+    np.testing.assert_array_equal(
+        got[:, 1].numpy(), bits.gt_multimask.get("visible")[rows].crop_and_resize(boxes, 14).numpy()
+    )
+    # the bitmask format's targets differ from the polygon format's at boundary pixels only
+    from_bits = bits.gt_multimask[rows].crop_and_resize(boxes, 14)
+    agree = (from_bits[:, 0] == got[:, 0]).float().mean().item()
+    assert agree > 0.9, agree
 
 
 def test_empty_boxes_dropped_with_all_their_masks(image_file):
@@ -150,9 +191,7 @@ def test_not_annotated_masks_are_flagged_and_extra_names_ignored(image_file):
     assert mm.mask_names == ("visible", "amodal")
     assert mm.annotated.tolist() == [[False, True]]
     assert not mm.tensor[0, 0].any() and mm.tensor[0, 1].any()
-    np.testing.assert_array_equal(
-        out["instances"].gt_masks.tensor[0].numpy(), mm.tensor[0, 1].numpy()
-    )
+    np.testing.assert_array_equal(primary_bits(out["instances"])[0], mm.tensor[0, 1].numpy())
 
 
 def test_no_annotations_and_inference_mode(image_file):

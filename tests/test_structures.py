@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from detectron2.structures import BitMasks, Instances, PolygonMasks
+from detectron2.structures.masks import polygons_to_bitmask
 
 from multimask import MultiMasks
 from multimask.structures import segmentation_to_bitmask
@@ -116,3 +117,45 @@ def test_from_masks_polygons_and_bitmasks():
     mm = MultiMasks.from_masks({"p": poly, "b": bit}, (10, 10))
     assert mm.mask_names == ("p", "b") and mm.tensor.shape == (1, 2, 10, 10)
     assert mm.tensor[0, 1].all() and 50 < mm.tensor[0, 0].sum() < 100
+
+
+def test_polygon_backed_masks_match_rasterised_masks():
+    """Masks stored as polygons (MASK_FORMAT polygon) behave as their rasterised bits, and their
+    loss targets are PolygonMasks' (rasterised on each ROI), mixed with bits in the same structure."""
+    h, w = 32, 40
+    square = np.array([2.0, 2.0, 20.0, 2.0, 20.0, 15.0, 2.0, 15.0])
+    triangle = np.array([5.0, 5.0, 30.0, 8.0, 12.0, 28.0])
+    bits = np.zeros((2, 2, h, w), dtype=bool)
+    bits[0, 1, 4:9, 6:30] = True  # instance 0, mask "b": given as bits
+    polygons = [[[square], None], [None, [triangle]]]
+    annotated = torch.tensor([[True, True], [False, True]])
+    mm = MultiMasks(torch.from_numpy(bits), ["a", "b"], annotated, polygons=polygons)
+    assert mm.has_polygons and mm.image_size == (h, w) and len(mm) == 2
+
+    expected = bits.copy()
+    expected[0, 0] = polygons_to_bitmask([square], h, w)
+    expected[1, 1] = polygons_to_bitmask([triangle], h, w)
+    np.testing.assert_array_equal(mm.tensor.numpy(), expected)
+    np.testing.assert_array_equal(mm.get("b").tensor.numpy(), expected[:, 1])
+    assert mm.area().tolist() == expected.reshape(2, 2, -1).sum(-1).tolist()
+
+    view = mm[torch.tensor([1, 0, 0])].to("cpu")
+    assert view.has_polygons and view.annotated.tolist() == [[False, True], [True, True], [True, True]]
+    boxes = torch.tensor([[4.0, 4.0, 31.0, 29.0], [0.0, 0.0, 22.0, 16.0], [5.0, 3.0, 31.0, 10.0]])
+    got = view.crop_and_resize(boxes, 10)
+    assert got.shape == (3, 2, 10, 10)
+    as_polygons = PolygonMasks([[triangle], [square], [square]]).crop_and_resize(boxes, 10)
+    np.testing.assert_array_equal(got[0, 1].numpy(), as_polygons[0].numpy())
+    np.testing.assert_array_equal(got[1:, 0].numpy(), as_polygons[1:].numpy())
+    from_bits = BitMasks(torch.from_numpy(bits[[0, 0], 1])).crop_and_resize(boxes[1:], 10)
+    np.testing.assert_array_equal(got[1:, 1].numpy(), from_bits.numpy())
+    assert not got[0, 0].any()  # neither polygons nor bits: empty
+
+    only_polygons = MultiMasks(None, ["a", "b"], polygons=polygons, image_size=(h, w))
+    np.testing.assert_array_equal(only_polygons.tensor.numpy()[1], expected[1])
+    cat = MultiMasks.cat([mm, only_polygons])
+    assert len(cat) == 4 and cat.tensor[2:, 0].equal(torch.from_numpy(expected[:, 0]))
+    with pytest.raises(ValueError, match="polygons and image_size"):
+        MultiMasks(None, ["a", "b"])
+    with pytest.raises(ValueError, match="one per mask name"):
+        MultiMasks(None, ["a", "b"], polygons=[[None]], image_size=(h, w))

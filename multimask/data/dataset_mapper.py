@@ -27,10 +27,13 @@ class MultiMaskDatasetMapper:
     augmentations, build ``Instances``), and every mask of every instance goes through the same
     transforms as the image and boxes, polygons and RLE alike. In training,
     ``dataset_dict["instances"]`` has ``gt_boxes``, ``gt_classes``, ``gt_multimask`` (MultiMasks in
-    ``mask_names`` order, with not-annotated masks flagged) and ``gt_masks`` (BitMasks of the
-    primary mask). Crowd annotations and instances whose box becomes empty are dropped, with all
-    their masks. Masks are always bitmasks (``INPUT.MASK_FORMAT`` is not used): MultiMasks stores
-    (N, K, H, W) bits.
+    ``mask_names`` order, with not-annotated masks flagged) and ``gt_masks`` (the primary mask).
+    Crowd annotations and instances whose box becomes empty are dropped, with all their masks.
+
+    ``INPUT.MASK_FORMAT`` means what it means for detectron2's mapper: with "polygon" (the
+    default), polygon annotations stay polygons (transformed, rasterised on each ROI when the mask
+    loss needs them) and ``gt_masks`` is a PolygonMasks when every primary mask is polygons; with
+    "bitmask", every mask is rasterised to the image here. RLE masks are bits in both.
     """
 
     @configurable
@@ -43,6 +46,7 @@ class MultiMaskDatasetMapper:
         mask_names: Sequence[str],
         primary: Optional[str] = None,
         recompute_boxes: bool = False,
+        mask_format: str = "polygon",
     ):
         """
         Args:
@@ -53,12 +57,18 @@ class MultiMaskDatasetMapper:
             primary: the mask name given as ``gt_masks``; None = the first of mask_names.
             recompute_boxes: overwrite the boxes by the tight boxes of the union of each instance's
                 masks (set when cropping).
+            mask_format: "polygon" or "bitmask", as cfg.INPUT.MASK_FORMAT (see the class).
         """
         if primary is not None and primary not in mask_names:
             raise ValueError(
                 f"primary mask {primary!r} is not one of mask_names {list(mask_names)}"
             )
+        if mask_format not in ("polygon", "bitmask"):
+            raise ValueError(
+                f"INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got {mask_format!r}"
+            )
         self.is_train = is_train
+        self.mask_format = mask_format
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.mask_names = list(mask_names)
@@ -67,7 +77,7 @@ class MultiMaskDatasetMapper:
         mode = "training" if is_train else "inference"
         logger.info(
             f"[MultiMaskDatasetMapper] Augmentations used in {mode}: {augmentations}; masks "
-            f"{self.mask_names} (primary {self.primary!r})"
+            f"{self.mask_names} (primary {self.primary!r}), mask format {mask_format!r}"
         )
 
     @classmethod
@@ -88,6 +98,7 @@ class MultiMaskDatasetMapper:
             "mask_names": mask_names,
             "primary": primary_mask_name(cfg),
             "recompute_boxes": recompute_boxes,
+            "mask_format": cfg.INPUT.MASK_FORMAT,
         }
 
     def _read_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
@@ -136,6 +147,7 @@ class MultiMaskDatasetMapper:
                 transforms=transforms,
                 original_size=original_size,
                 recompute_boxes=self.recompute_boxes,
+                mask_format=self.mask_format,
             )
         except ValueError as e:
             raise ValueError(

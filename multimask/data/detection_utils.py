@@ -3,8 +3,9 @@ Per-mask annotation transforms and the conversion of ``multimask`` annotations i
 
 This is the hot path of data loading, so the work is batched per image rather than per mask: the
 boxes of all instances are transformed in one call, the polygon vertices of every mask of every
-instance in one ``apply_coords`` call, and each polygon mask is rasterised once, at the final image
-size, on its own box. RLE masks are decoded at the original size and go through
+instance in one ``apply_coords`` call. Polygon masks are then kept as polygons (MASK_FORMAT
+"polygon", rasterised per ROI by the loss) or rasterised once, at the final image size, each on its
+own box (MASK_FORMAT "bitmask"). RLE masks are decoded at the original size and go through
 ``apply_segmentation``, as detectron2 does for bitmask annotations.
 """
 
@@ -16,10 +17,9 @@ import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
+from detectron2.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks
 
-from ..structures import MultiMasks, segmentation_to_bitmask
-from .datasets.mask_fields import shift_polygon_coords
+from ..structures import MultiMasks, rasterize_polygons_on_boxes, segmentation_to_bitmask
 
 __all__ = ["check_mask_names", "multimask_annotations_to_instances", "transform_boxes"]
 
@@ -95,24 +95,20 @@ def transform_boxes(
     return boxes
 
 
-def _rasterize_polygons(
-    polygons: List[np.ndarray],
-    polygons_per_mask: List[int],
-    transforms: Optional[T.TransformList],
-    out: np.ndarray,
-    slots: List[int],
-) -> None:
+def _transform_polygons(
+    polygons: List[np.ndarray], transforms: Optional[T.TransformList]
+) -> np.ndarray:
     """
-    Transform the polygons of M masks and rasterise each mask into `out`.
+    Check and transform the vertices of many polygons in one call.
 
     Args:
-        polygons: (P_i, 2) vertex arrays of all masks, grouped by mask.
-        polygons_per_mask: M counts, summing to len(polygons).
+        polygons: (P_i, 2) vertex arrays.
         transforms: applied to the vertices; None = none.
-        out: bool array of shape (S, H, W), zero, written in place.
-        slots: M indices into `out`, where each mask goes.
+
+    Returns:
+        (sum P_i, 2) float64 vertices. Polygons are not clipped to a crop: the rasteriser clips at
+        the image border exactly, so the result equals clipping first.
     """
-    num_vertices = [len(p) for p in polygons]
     coords = np.concatenate(polygons)
     # The loaders reject these; dicts from other sources are checked here, since pycocotools would
     # exhaust memory on them rather than raise.
@@ -123,30 +119,8 @@ def _rasterize_polygons(
             f"+-{MAX_POLYGON_COORD:g} px"
         )
     if transforms is not None:
-        # One call for every vertex of the image. Polygons are not clipped to a crop: the rasteriser
-        # clips at the image border exactly, so the result equals clipping first.
         coords = transforms.apply_coords(coords)
-    h, w = out.shape[1:]
-    # Each mask is rasterised on its own bounding box only, since decoding a full-image mask costs
-    # O(H * W) and objects usually cover a small part of the image.
-    poly_starts = np.cumsum([0] + polygons_per_mask)[:-1]
-    vertex_starts = np.cumsum([0] + num_vertices)[poly_starts]
-    lo = np.floor(np.minimum.reduceat(coords, vertex_starts, axis=0)) - 1
-    hi = np.ceil(np.maximum.reduceat(coords, vertex_starts, axis=0)) + 2
-    lo = np.clip(lo, 0, [w, h]).astype(np.int64)
-    hi = np.clip(hi, 0, [w, h]).astype(np.int64)
-    vertex_mask = np.repeat(
-        np.arange(len(polygons_per_mask)), np.diff(np.append(vertex_starts, len(coords)))
-    )
-    coords = shift_polygon_coords(coords, lo[vertex_mask])
-    flat = [p.ravel() for p in np.split(coords, np.cumsum(num_vertices)[:-1])]
-    for m, (first, count) in enumerate(zip(poly_starts, polygons_per_mask)):
-        (x0, y0), (x1, y1) = lo[m], hi[m]
-        if x1 <= x0 or y1 <= y0:
-            continue  # entirely outside the image
-        rles = mask_util.frPyObjects(flat[first : first + count], int(y1 - y0), int(x1 - x0))
-        rle = rles[0] if count == 1 else mask_util.merge(rles)
-        out[slots[m], y0:y1, x0:x1] = mask_util.decode(rle)
+    return np.asarray(coords, dtype=np.float64)
 
 
 def multimask_annotations_to_instances(
@@ -157,6 +131,7 @@ def multimask_annotations_to_instances(
     transforms: Optional[T.TransformList] = None,
     original_size: Optional[Tuple[int, int]] = None,
     recompute_boxes: bool = False,
+    mask_format: str = "polygon",
 ) -> Instances:
     """
     Transform the annotations of one image and build its training targets.
@@ -174,11 +149,15 @@ def multimask_annotations_to_instances(
         original_size: (H0, W0) the RLE / array masks have; None = image_size.
         recompute_boxes: replace the boxes by the tight boxes of the union of each instance's masks
             (after a crop, the annotated box can be larger than what is left of the object).
+        mask_format: "polygon" (detectron2's default): polygon masks stay polygons in
+            ``gt_multimask`` and are rasterised on each ROI by ``crop_and_resize``; "bitmask": every
+            mask is rasterised here to the full image.
 
     Returns:
         Instances with ``gt_boxes`` (N, 4), ``gt_classes`` (N,) int64, ``gt_multimask``
         (MultiMasks of shape (N, K, H, W), not-annotated masks flagged in ``annotated``) and
-        ``gt_masks`` (BitMasks of shape (N, H, W), the primary mask).
+        ``gt_masks`` (the primary mask: PolygonMasks when every primary mask is polygons and
+        mask_format is "polygon", else BitMasks of shape (N, H, W)).
     """
     h, w = image_size
     h0, w0 = original_size or image_size
@@ -189,7 +168,9 @@ def multimask_annotations_to_instances(
     boxes = boxes[keep]
     n, k = len(annos), len(mask_names)
 
-    masks = np.zeros((n * k, h, w), dtype=bool)
+    if mask_format not in ("polygon", "bitmask"):
+        raise ValueError(f"mask_format must be 'polygon' or 'bitmask', got {mask_format!r}")
+    masks: Optional[np.ndarray] = None  # (N * K, H, W) bits, allocated when a mask needs them
     annotated = np.zeros((n, k), dtype=bool)
     polygons: List[np.ndarray] = []
     polygons_per_mask: List[int] = []
@@ -217,18 +198,48 @@ def multimask_annotations_to_instances(
                 bitmask = segmentation_to_bitmask(segm, h0, w0).view(np.uint8)
                 if transforms is not None:
                     bitmask = transforms.apply_segmentation(bitmask)
+                if masks is None:
+                    masks = np.zeros((n * k, h, w), dtype=bool)
                 np.greater(bitmask, 0, out=masks[i * k + j])
-    if slots:
-        _rasterize_polygons(polygons, polygons_per_mask, transforms, masks, slots)
 
-    masks_t = torch.from_numpy(masks).view(n, k, h, w)
+    keep_polygons: Optional[List[List[Optional[List[np.ndarray]]]]] = None
+    if slots:
+        num_vertices = [len(p) for p in polygons]
+        coords = _transform_polygons(polygons, transforms)
+        if mask_format == "bitmask":
+            if masks is None:
+                masks = np.zeros((n * k, h, w), dtype=bool)
+            rasterize_polygons_on_boxes(coords, num_vertices, polygons_per_mask, masks, slots)
+        else:
+            # kept as polygons, rasterised on each ROI when the loss needs them
+            flat = [p.ravel() for p in np.split(coords, np.cumsum(num_vertices)[:-1])]
+            keep_polygons = [[None] * k for _ in range(n)]
+            first = 0
+            for slot, count in zip(slots, polygons_per_mask):
+                keep_polygons[slot // k][slot % k] = flat[first : first + count]
+                first += count
+    if masks is None and keep_polygons is None:
+        masks = np.zeros((n * k, h, w), dtype=bool)  # no mask at all: empty bits
+
+    masks_t = None if masks is None else torch.from_numpy(masks).view(n, k, h, w)
+    multimask = MultiMasks(
+        masks_t,
+        mask_names,
+        torch.from_numpy(annotated),
+        polygons=keep_polygons,
+        image_size=(h, w),
+    )
     instances = Instances(image_size)
     instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
     instances.gt_classes = torch.as_tensor([a["category_id"] for a in annos], dtype=torch.int64)
-    instances.gt_multimask = MultiMasks(masks_t, mask_names, torch.from_numpy(annotated))
+    instances.gt_multimask = multimask
     p = list(mask_names).index(primary or mask_names[0])
-    instances.gt_masks = BitMasks(masks_t[:, p])
+    if keep_polygons is not None and all(row[p] for row in keep_polygons):
+        # every primary mask is polygons: what detectron2's mapper gives with MASK_FORMAT "polygon"
+        instances.gt_masks = PolygonMasks([row[p] for row in keep_polygons])
+    else:
+        instances.gt_masks = multimask.get(mask_names[p])
     if recompute_boxes:
-        instances.gt_boxes = BitMasks(masks_t.any(dim=1)).get_bounding_boxes()
+        instances.gt_boxes = BitMasks(multimask.tensor.any(dim=1)).get_bounding_boxes()
         instances = instances[instances.gt_boxes.nonempty()]
     return instances

@@ -18,6 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 
+from ...structures import shift_polygon_coords
+
 __all__ = [
     "MaskFields",
     "MaskFieldError",
@@ -194,28 +196,6 @@ def rle_length(counts: Any) -> int:
 
 # Above this many pixels, a difference is computed on the box of its first mask only (see combine).
 CROP_ABOVE_PIXELS = 512 * 512
-
-
-def shift_polygon_coords(coords: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """
-    Move polygon vertices by an integer offset, so that pycocotools rasterises them as unmoved.
-
-    pycocotools snaps each vertex to a 1/5 px grid, as ``trunc(5 * v + 0.5)``, before rasterising.
-    ``5 * (x - x0)`` and ``5 * x - 5 * x0`` can round differently in floating point, which flips
-    boundary pixels when ``5 * x + 0.5`` is (nearly) an integer, as it is for a fifth of all
-    coordinates given with two decimals. So the grid point is computed from the unmoved coordinates,
-    then shifted, and the returned vertex lies where pycocotools snaps it to exactly that point.
-
-    Args:
-        coords: vertices (V, 2), float64, image coordinates.
-        offset: integer (x0, y0), shape (2,) or (V, 2).
-
-    Returns:
-        ndarray (V, 2), float64: the vertices in the coordinates of a crop with corner `offset`.
-    """
-    q = np.trunc(coords * 5.0 + 0.5) - 5 * offset
-    # trunc rounds towards zero: a negative grid point q needs 5 * v + 0.5 in (q - 1, q]
-    return np.where(q >= 0, q, q - 1) / 5.0
 
 
 def _pixel_extent(segm: Any, height: int, width: int) -> Tuple[int, int, int, int]:
