@@ -218,6 +218,13 @@ def test_from_cfg_reads_augmentations_names_and_checks_the_dataset(tmp_path):
     cfg.INPUT.CROP.ENABLED = True
     m = MultiMaskDatasetMapper(cfg, is_train=True)
     assert (m.mask_names, m.primary, m.recompute_boxes) == (["amodal", "visible"], "visible", True)
+    assert m.mask_format == "polygon"  # detectron2's default INPUT.MASK_FORMAT
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    assert MultiMaskDatasetMapper(cfg, is_train=True).mask_format == "bitmask"
+    cfg.INPUT.MASK_FORMAT = "rle"
+    with pytest.raises(ValueError, match="INPUT.MASK_FORMAT must be 'polygon' or 'bitmask', got 'rle'"):
+        MultiMaskDatasetMapper(cfg, is_train=True)
+    cfg.INPUT.MASK_FORMAT = "polygon"
     augs = [type(a).__name__ for a in m.augmentations.augs]
     assert augs == ["RandomCrop", "ResizeShortestEdge", "RandomFlip"]
     cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES = ["visible", "modal"]
