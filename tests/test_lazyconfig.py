@@ -145,3 +145,28 @@ def test_lazy_training_checkpoints_evaluates_and_resumes(tiny_datasets, tmp_path
     model = instantiate(LazyConfig.load(str(tmp_path / "config.yaml")).model)
     DetectionCheckpointer(model).load(str(tmp_path / "model_final.pth"))
     assert model.roi_heads.mask_head.loss_weights == [1, 0.5]
+
+
+def test_gradient_clipping_as_in_the_yaml():
+    """The quick LazyConfig clips gradients as its YAML twin (SOLVER.CLIP_GRADIENTS value 1.0)."""
+    from multimask.engine.lazy_train import _with_gradient_clipping
+
+    yaml_cfg = get_multimask_cfg(QUICK_YAML, [])
+    lazy = LazyConfig.load(QUICK_PY)
+    clip = lazy.train.clip_gradients
+    assert yaml_cfg.SOLVER.CLIP_GRADIENTS.ENABLED and clip.enabled
+    assert (clip.clip_type, clip.clip_value) == (
+        yaml_cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE,
+        yaml_cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE,
+    )
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = _with_gradient_clipping(torch.optim.SGD([w], lr=1.0), lazy)
+    w.grad = torch.tensor([5.0, -0.5, -3.0])
+    opt.step()
+    assert w.detach().tolist() == [-1.0, 0.5, 1.0]  # each gradient value clipped to [-1, 1]
+    lazy.train.clip_gradients.enabled = False
+    plain = torch.optim.SGD([w], lr=1.0)
+    assert _with_gradient_clipping(plain, lazy) is plain
+    lazy.train.clip_gradients = dict(enabled=True, clip_value=1.0, max_norm=2.0)
+    with pytest.raises(ValueError, match=r"unknown keys \['max_norm'\]"):
+        _with_gradient_clipping(plain, lazy)

@@ -38,6 +38,7 @@ optimizer.lr = 0.02
 lr_multiplier = multistep_with_warmup(400, steps=(300, 370), warmup_iters=50)
 
 train.max_iter = 400
+train.clip_gradients.enabled = True  # as the YAML: value clipping at 1.0
 train.checkpointer.period = 200
 train.eval_period = 0
 train.seed = 42

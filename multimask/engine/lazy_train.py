@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import CfgNode, LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import (
     AMPTrainer,
@@ -24,6 +24,7 @@ from detectron2.engine import (
     hooks,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..config import import_custom_modules
@@ -129,6 +130,36 @@ def build_lazy_validation_loss_hook(cfg: DictConfig, model) -> Optional[Validati
     )
 
 
+def _with_gradient_clipping(optimizer, cfg):
+    """
+    Clip gradients as the YAML key SOLVER.CLIP_GRADIENTS does, from ``train.clip_gradients``
+    (``dict(enabled, clip_type "value" | "norm", clip_value, norm_type)``; absent or
+    not enabled: no clipping), with detectron2's own clipping.
+    """
+    clip = cfg.train.get("clip_gradients", None)
+    if not clip or not clip.get("enabled", False):
+        return optimizer
+    unknown = set(clip) - {"enabled", "clip_type", "clip_value", "norm_type"}
+    if unknown:
+        raise ValueError(
+            f"train.clip_gradients has unknown keys {sorted(unknown)}; known: enabled, clip_type, "
+            "clip_value, norm_type"
+        )
+    node = CfgNode(
+        {
+            "SOLVER": {
+                "CLIP_GRADIENTS": {
+                    "ENABLED": True,
+                    "CLIP_TYPE": clip.get("clip_type", "value"),
+                    "CLIP_VALUE": float(clip.get("clip_value", 1.0)),
+                    "NORM_TYPE": float(clip.get("norm_type", 2.0)),
+                }
+            }
+        }
+    )
+    return maybe_add_gradient_clipping(node, optimizer)
+
+
 def lazy_do_train(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
     """
     Train with detectron2's SimpleTrainer (AMPTrainer if ``train.amp.enabled``) and hooks.
@@ -146,7 +177,7 @@ def lazy_do_train(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
     logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
+    optimizer = _with_gradient_clipping(instantiate(cfg.optimizer), cfg)
     train_loader = instantiate(cfg.dataloader.train)
     model = _ddp(model, cfg)
     trainer_cls = AMPTrainer if cfg.train.get("amp", {}).get("enabled", False) else SimpleTrainer
