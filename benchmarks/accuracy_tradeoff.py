@@ -5,6 +5,7 @@ models (one per mask name), and the shared trunk against separate towers, all on
 dataset with the quick schedule. Runs the trainings one at a time; prints per-mask AP, train time.
 
     python benchmarks/accuracy_tradeoff.py                 # the 4 runs, then the table
+    python benchmarks/accuracy_tradeoff.py --seeds 42,7    # each run with two seeds: means
     python benchmarks/accuracy_tradeoff.py --root /tmp/smoke --opts SOLVER.MAX_ITER 4   # smoke run
     python benchmarks/accuracy_tradeoff.py --report-only   # the table of the finished runs
 
@@ -129,35 +130,59 @@ def evaluate(name: str, args) -> None:
     print(f"[{name}] done: {read_run(out_dir)} (load {os.getloadavg()[0]:.2f})", flush=True)
 
 
-def report(root: str, names) -> None:
-    """Print the table of the runs, and the joint models against the two single-mask models."""
-    r = {n: read_run(os.path.join(root, n)) for n in names}
+def report(root: str, names, seeds) -> None:
+    """
+    Print the table of the runs (means over the seeds, each seed's value in brackets), and the
+    joint models against the two single-mask models.
+    """
+    per_seed = {n: [read_run(os.path.join(root, f"seed{sd}", n)) for sd in seeds] for n in names}
+
+    def mean(n: str, key: str):
+        values = [r[key] for r in per_seed[n] if r.get(key) is not None]
+        return sum(values) / len(values) if len(values) == len(seeds) else None
+
     head = ["run", "box AP", "amodal AP", "visible AP", "amodal occl. AP", "visible occl. AP",
             "train s (d2)", "train wall s", "train CPU s"]  # fmt: skip
     keys = ["bbox/AP"] + [f"segm_{m}/AP" for m in MASKS] + [f"segm_{m}_occluded/AP" for m in MASKS]
     keys += ["train_s", "wall_s", "cpu_s"]
-    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    print(f"\nseeds {', '.join(map(str, seeds))}: means (each seed's value in brackets)")
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for n in names:
-        cells = [r[n].get(k) for k in keys]
-        print(f"| {n} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in cells) + " |")
-    singles = [r.get(n, {}) for n in ("single_amodal", "single_visible")]
+        cells = []
+        for k in keys:
+            m = mean(n, k)
+            cell = "-" if m is None else f"{m:.1f}"
+            if m is not None and len(seeds) > 1 and k.endswith("/AP"):
+                cell += " (" + ", ".join(f"{r[k]:.1f}" for r in per_seed[n]) + ")"
+            cells.append(cell)
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    singles = ("single_amodal", "single_visible")
+    if not all(n in names for n in singles):
+        return
     for clock in ("train_s", "cpu_s"):
-        if not all(clock in s for s in singles):
+        combined = [mean(n, clock) for n in singles]
+        if None in combined:
             continue
-        combined = sum(s[clock] for s in singles)
-        print(f"\ntwo single-mask models, {clock}: {combined:.0f} s combined")
+        combined_s = sum(combined)
+        print(f"\ntwo single-mask models, {clock}: {combined_s:.0f} s combined")
         for joint in ("joint_shared", "joint_towers"):
-            j = r.get(joint, {})
-            if clock not in j:
+            if joint not in names or mean(joint, clock) is None:
                 continue
-            deltas = [
-                f"{m} {j[f'segm_{m}/AP'] - s[f'segm_{m}/AP']:+.1f}"
-                for m, s in zip(MASKS, singles)
-                if j.get(f"segm_{m}/AP") is not None and s.get(f"segm_{m}/AP") is not None
-            ]
+            deltas = []
+            for m, single in zip(MASKS, singles):
+                key = f"segm_{m}/AP"
+                if mean(joint, key) is None or mean(single, key) is None:
+                    continue
+                seed_deltas = [
+                    j[key] - s_[key] for j, s_ in zip(per_seed[joint], per_seed[single])
+                ]
+                text = f"{m} {mean(joint, key) - mean(single, key):+.1f}"
+                if len(seeds) > 1:
+                    text += f" (per seed {', '.join(f'{d:+.1f}' for d in seed_deltas)})"
+                deltas.append(text)
             print(
-                f"{joint}: {clock} {j[clock] / combined:.2f} x the two single models "
-                f"(target <= 0.6); AP - single-mask model's: {', '.join(deltas)} (target >= -1)"
+                f"{joint}: {clock} {mean(joint, clock) / combined_s:.2f} x the two single models "
+                f"(target <= 0.6); AP - single-mask model's: {'; '.join(deltas)} (target >= -1)"
             )
 
 
@@ -172,11 +197,16 @@ def main():
     )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--seeds",
+        default="42",
+        help="comma-separated SEEDs: every run trains once per seed, in <root>/seed<SEED>/<run>",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads of each training (0: torch's default). 1 keeps CPU time comparable on "
-        "a shared machine, where waiting threads of a multi-threaded run spin and count as CPU time",
+        "a shared machine, where waiting threads of a multi-threaded run spin (counted as CPU)",
     )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = parser.parse_args()
@@ -184,16 +214,21 @@ def main():
     unknown = set(names) - set(RUNS)
     if unknown:
         raise SystemExit(f"unknown runs {sorted(unknown)}; known: {list(RUNS)}")
-    os.makedirs(args.root, exist_ok=True)
+    seeds = [int(v) for v in args.seeds.split(",")]
     if not args.report_only:
-        for n in names:
-            out_dir = os.path.join(args.root, n)
-            if not args.force and os.path.isfile(os.path.join(out_dir, "eval_results.json")):
-                continue
-            if args.force or not os.path.isfile(os.path.join(out_dir, "model_final.pth")):
-                train(n, args)
-            evaluate(n, args)
-    report(args.root, names)
+        for seed in seeds:
+            run_args = argparse.Namespace(**vars(args))
+            run_args.root = os.path.join(args.root, f"seed{seed}")
+            run_args.opts = [*args.opts, "SEED", str(seed)]
+            os.makedirs(run_args.root, exist_ok=True)
+            for n in names:
+                out_dir = os.path.join(run_args.root, n)
+                if not args.force and os.path.isfile(os.path.join(out_dir, "eval_results.json")):
+                    continue
+                if args.force or not os.path.isfile(os.path.join(out_dir, "model_final.pth")):
+                    train(n, run_args)
+                evaluate(n, run_args)
+    report(args.root, names, seeds)
 
 
 if __name__ == "__main__":
