@@ -14,6 +14,7 @@ from detectron2.structures.masks import polygons_to_bitmask
 
 from multimask import add_multimask_config
 from multimask.data import MultiMaskDatasetMapper, register_multimask_coco_instances
+from multimask.data.detection_utils import multimask_annotations_to_instances
 
 from .test_data_coco import rle_of, write_dataset
 
@@ -253,3 +254,44 @@ def test_rle_of_wrong_size_at_map_time_names_the_image(image_file):
     a["multimask"]["visible"] = rle_of(np.ones((H0 + 2, W0), dtype=bool))
     with pytest.raises(ValueError, match=r"image id 42 \(.*img\.png\): RLE size \[42, 60\]"):
         mapper([])(dataset_dict(image_file, [a]))
+
+
+@pytest.mark.parametrize(
+    "transforms",
+    [
+        [T.ResizeTransform(H0, W0, 73, 101), T.HFlipTransform(101), T.CropTransform(5, 4, 60, 50)],
+        [T.VFlipTransform(H0), T.RotationTransform(H0, W0, 30, expand=False)],
+    ],
+    ids=["resize_flip_crop", "vflip_rotate"],
+)
+def test_rle_masks_transformed_together_equal_one_by_one(transforms):
+    """RLE masks go through apply_segmentation eight per call (one bit each): the result must be
+    what transforming each mask alone gives, for 11 masks (two planes)."""
+    rng = np.random.default_rng(0)
+    annos, expected = [], []
+    transforms = T.TransformList(transforms)
+    for i in range(11):
+        m = np.zeros((H0, W0), dtype=bool)
+        x, y = int(rng.integers(0, W0 - 20)), int(rng.integers(0, H0 - 15))
+        m[y : y + 15, x : x + 20] = rng.random((15, 20)) > 0.3
+        annos.append(
+            {
+                "bbox": [x, y, x + 20, y + 15],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": 0,
+                "multimask": {"visible": rle_of(m)},
+            }
+        )
+        expected.append(transforms.apply_segmentation(m.astype(np.uint8)) > 0)
+    h, w = expected[0].shape
+    inst = multimask_annotations_to_instances(
+        annos, (h, w), ["visible"], transforms=transforms, original_size=(H0, W0)
+    )
+    kept = inst.gt_multimask.tensor[:, 0].numpy()
+    # instances whose box left the image are dropped; compare the kept ones by their masks
+    boxes = transforms.apply_box(np.array([a["bbox"] for a in annos], dtype=np.float64))
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    assert len(kept) == keep.sum() >= 9
+    np.testing.assert_array_equal(kept, np.stack(expected)[keep])
