@@ -16,7 +16,6 @@ COCOEvaluator converts the dataset in its constructor, MultiMaskCOCOEvaluator in
 instances, and the occluded subset).
 """
 
-import argparse
 import contextlib
 import io
 import logging
@@ -34,7 +33,7 @@ from detectron2.structures import Boxes, Instances
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_utils import (  # noqa: E402
-    add_common_args,
+    benchmark_parser,
     interleaved_medians,
     machine_info,
     print_table,
@@ -124,11 +123,7 @@ def eval_fn(evaluator, inputs, outputs, k=None, sink=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_common_args(parser)
-    parser.set_defaults(repeats=5, warmup=1, threads=1)
+    parser = benchmark_parser(__doc__, repeats=5, warmup=1, threads=1)
     parser.add_argument("--dataset", default="multimask_synthetic_val")
     parser.add_argument("--detections", type=int, default=20, help="predictions per image")
     args = parser.parse_args()

@@ -29,7 +29,7 @@ from detectron2.utils.events import EventStorage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_model import MASK_NAMES, VARIANTS, build, make_data  # noqa: E402
 from benchmarks.bench_utils import (  # noqa: E402
-    add_common_args,
+    benchmark_parser,
     interleaved_medians,
     machine_info,
     print_table,
@@ -75,11 +75,7 @@ def detections(data: List[Dict], num: int, num_classes: int, seed: int = 1) -> L
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_common_args(parser)
-    parser.set_defaults(repeats=7, warmup=1, threads=1)
+    parser = benchmark_parser(__doc__, repeats=7, warmup=1, threads=1)
     parser.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "faster_rcnn"))
     parser.add_argument("--fg", type=int, default=84, help="foreground ROIs per train step")
     parser.add_argument("--detections", type=int, default=100, help="detections per image")

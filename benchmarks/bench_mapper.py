@@ -18,7 +18,6 @@ the quick config, re-seeded before every pass so the flips are the same) and in 
 One timed unit is one pass over --images dicts; images/s = images / median pass time.
 """
 
-import argparse
 import os
 import random
 import sys
@@ -31,7 +30,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_utils import (  # noqa: E402
-    add_common_args,
+    benchmark_parser,
     interleaved_medians,
     machine_info,
     print_table,
@@ -74,11 +73,7 @@ def pass_fn(mapper, dicts):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_common_args(parser)
-    parser.set_defaults(repeats=5, warmup=1, threads=1)
+    parser = benchmark_parser(__doc__, repeats=5, warmup=1, threads=1)
     parser.add_argument("--dataset", default="multimask_synthetic_train")
     parser.add_argument("--images", type=int, default=200, help="dataset dicts per pass")
     parser.add_argument(

@@ -47,7 +47,7 @@ from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_utils import (  # noqa: E402
-    add_common_args,
+    benchmark_parser,
     interleaved_medians,
     machine_info,
     peak_rss_mib,
@@ -408,10 +408,7 @@ def memory_table(args, variants, results) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    add_common_args(parser)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--only", default="train,infer,memory", help="phases: train,infer,memory")
     parser.add_argument("--depth", type=int, default=50, help="ResNet depth of the backbone")

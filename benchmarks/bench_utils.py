@@ -13,6 +13,7 @@ so it is the clock to compare variants with on a busy machine; wall time is what
 idle one. With several threads, CPU time also counts the threads' spin-waiting.
 """
 
+import argparse
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 
 __all__ = [
-    "add_common_args",
+    "benchmark_parser",
     "interleaved_medians",
     "machine_info",
     "peak_rss_of",
@@ -36,11 +37,22 @@ __all__ = [
 ]
 
 
-def add_common_args(parser) -> None:
-    """--repeats, --warmup, --threads: the knobs every benchmark script shares."""
-    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (median is reported)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds run first")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads value")
+def benchmark_parser(
+    description: str, repeats: int = 10, warmup: int = 2, threads: int = 2
+) -> argparse.ArgumentParser:
+    """
+    A parser with the knobs every benchmark script shares (--repeats, --warmup, --threads, at the
+    script's defaults); the script adds its own arguments.
+    """
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help="timed rounds (median is reported)"
+    )
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed rounds run first")
+    parser.add_argument("--threads", type=int, default=threads, help="torch.set_num_threads value")
+    return parser
 
 
 def set_threads(n: int) -> None:

@@ -10,7 +10,12 @@ from detectron2.layers import ROIAlign
 from detectron2.structures import BitMasks, PolygonMasks
 from detectron2.structures.masks import polygons_to_bitmask, rasterize_polygons_within_box
 
-__all__ = ["MultiMasks", "rasterize_polygons_on_boxes", "segmentation_to_bitmask", "shift_polygon_coords"]
+__all__ = [
+    "MultiMasks",
+    "rasterize_polygons_on_boxes",
+    "segmentation_to_bitmask",
+    "shift_polygon_coords",
+]
 
 # Polygons of one mask: flat float64 arrays [x0, y0, x1, y1, ...], in image coordinates.
 Polygons = List[np.ndarray]
@@ -39,7 +44,11 @@ def shift_polygon_coords(coords: np.ndarray, offset: np.ndarray) -> np.ndarray:
 
 
 def rasterize_polygons_on_boxes(
-    coords: np.ndarray, num_vertices: Sequence[int], polygons_per_mask: Sequence[int], out: np.ndarray, slots: Sequence[int]
+    coords: np.ndarray,
+    num_vertices: Sequence[int],
+    polygons_per_mask: Sequence[int],
+    out: np.ndarray,
+    slots: Sequence[int],
 ) -> None:
     """
     Rasterise M polygon masks into full-image masks, each on its own bounding box only.
