@@ -24,6 +24,8 @@ from detectron2.structures import BoxMode, Instances
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 
+from ..structures import segmentation_to_rle
+
 __all__ = ["MultiMaskCOCOEvaluator", "SubsetCOCOeval"]
 
 logger = logging.getLogger(__name__)
@@ -53,27 +55,11 @@ class SubsetCOCOeval(COCOeval):
 
 
 def _to_rle(segm: Any, height: int, width: int, where: str) -> dict:
-    """Encode one mask (polygons, RLE compressed or not, or an (H, W) array) as a compressed RLE."""
-    if isinstance(segm, list):
-        polys = [p for p in segm if len(p) >= 6]
-        if not polys:
-            return mask_util.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
-        return mask_util.merge(mask_util.frPyObjects(polys, height, width))
-    if isinstance(segm, dict):
-        if "counts" not in segm or "size" not in segm:
-            raise ValueError(f"{where}: RLE needs 'counts' and 'size', got keys {sorted(segm)}")
-        if [int(s) for s in segm["size"]] != [height, width]:
-            raise ValueError(
-                f"{where}: RLE size {list(segm['size'])} != image size {[height, width]}"
-            )
-        if isinstance(segm["counts"], list):
-            return mask_util.frPyObjects(segm, height, width)
-        return segm
-    if isinstance(segm, np.ndarray):
-        if segm.shape != (height, width):
-            raise ValueError(f"{where}: mask shape {segm.shape} != image size {(height, width)}")
-        return mask_util.encode(np.asfortranarray(segm.astype(np.uint8)[:, :, None]))[0]
-    raise ValueError(f"{where}: a mask must be polygons, an RLE dict or an array, got {type(segm)}")
+    """``segmentation_to_rle``, with errors that name the annotation (`where`)."""
+    try:
+        return segmentation_to_rle(segm, height, width)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _quiet_coco(dataset: Dict[str, list]) -> COCO:

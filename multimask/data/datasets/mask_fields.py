@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 
-from ...structures import shift_polygon_coords
+from ...structures import rle_runs, shift_polygon_coords
 
 __all__ = [
     "MaskFields",
@@ -163,35 +163,8 @@ def rle_length(counts: Any) -> int:
     Args:
         counts: uncompressed (list of ints) or compressed (pycocotools' str / bytes) RLE counts.
     """
-    if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            return -1
-        return sum(counts)
-    # pycocotools' string format: runs as 6-bit groups (5 value bits, bit 0x20 "more follows", sign
-    # bit 0x10 in the last group), offset by 48; from the third run on, each run is stored as the
-    # difference to the run two places before. Decoded here with array operations.
-    try:
-        raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
-    except UnicodeEncodeError:
-        return -1
-    c = np.frombuffer(raw, dtype=np.uint8).astype(np.int64) - 48
-    if c.size == 0:
-        return 0
-    if c.min() < 0 or c.max() > 63 or c[-1] & 0x20:
-        return -1
-    ends = np.flatnonzero((c & 0x20) == 0)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if lengths.max() > 7:  # > 35 bits: no real mask has such a run
-        return -1
-    shift = 5 * (np.arange(c.size) - np.repeat(starts, lengths))
-    runs = np.add.reduceat((c & 0x1F) << shift, starts)
-    runs -= np.where(c[ends] & 0x10, np.left_shift(1, 5 * lengths), 0)
-    runs[1::2] = np.cumsum(runs[1::2])
-    runs[2::2] = np.cumsum(runs[2::2])
-    if runs.min() < 0:
-        return -1
-    return int(runs.sum())
+    runs = rle_runs(counts)
+    return -1 if runs is None else int(runs.sum())
 
 
 # Above this many pixels, a difference is computed on the box of its first mask only (see combine).
