@@ -1,12 +1,16 @@
+import sys
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from multimask import MultiMasks
-from multimask.modeling import build_multi_mask_head
+from multimask.modeling import build_multi_mask_head, mask_head
+from multimask.modeling.mask_head import multi_mask_rcnn_loss
 
 from .common import get_tiny_config
 
@@ -128,3 +132,137 @@ def test_missing_gt_multimask_is_a_clear_error():
     inst.remove("gt_multimask")
     with EventStorage(), pytest.raises(ValueError, match="MultiMaskDatasetMapper"):
         _head()(_features(), [inst])
+
+
+def _reference_loss(logits, instances, names, weights):
+    """The loss and metrics as computed before the single-transfer rewrite: one mask at a time."""
+    m = logits.shape[-1]
+    classes = torch.cat([i.gt_classes for i in instances if len(i)])
+    targets = torch.cat(
+        [i.gt_multimask.crop_and_resize(i.proposal_boxes.tensor, m) for i in instances if len(i)]
+    )
+    annotated = torch.cat([i.gt_multimask.annotated for i in instances if len(i)])
+    logits = logits[torch.arange(len(classes)), :, classes]
+    losses, metrics = {}, {}
+    for j, name in enumerate(names):
+        sel = annotated[:, j]
+        if not sel.any():
+            losses[f"loss_mask_{name}"] = torch.tensor(0.0)
+            continue
+        lg, gt = logits[sel, j], targets[sel, j]
+        pred, num_pos = lg > 0, gt.sum().item()
+        metrics[f"mask_rcnn/{name}/accuracy"] = 1 - (pred != gt).sum().item() / gt.numel()
+        metrics[f"mask_rcnn/{name}/false_positive"] = (pred & ~gt).sum().item() / max(
+            gt.numel() - num_pos, 1.0
+        )
+        metrics[f"mask_rcnn/{name}/false_negative"] = (~pred & gt).sum().item() / max(num_pos, 1.0)
+        losses[f"loss_mask_{name}"] = weights[j] * F.binary_cross_entropy_with_logits(
+            lg, gt.float()
+        )
+    return losses, metrics
+
+
+NAMES3 = ("amodal", "visible", "occluded")
+
+
+def _partly_annotated_batch():
+    """Two images and an empty one; `occluded` is annotated nowhere, `visible` on 3 of 7 ROIs."""
+    ann1 = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    ann2 = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    empty = Instances((32, 32))
+    empty.proposal_boxes = Boxes(torch.zeros(0, 4))
+    batch = [
+        _proposals(4, names=NAMES3, annotated=ann1, seed=0),
+        empty,
+        _proposals(3, names=NAMES3, annotated=ann2, seed=1),
+    ]
+    logits = torch.randn(7, 3, 3, 14, 14, generator=torch.Generator().manual_seed(3))
+    return logits, batch
+
+
+def test_loss_and_metrics_equal_the_per_mask_reference():
+    logits, batch = _partly_annotated_batch()
+    weights = (1.0, 0.5, 2.0)
+    logits.requires_grad_(True)
+    with EventStorage() as storage:
+        losses = multi_mask_rcnn_loss(logits, batch, NAMES3, weights)
+        metrics = {k: v[0] for k, v in storage.latest().items()}
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    ref_losses, ref_metrics = _reference_loss(ref_logits, batch, NAMES3, weights)
+    assert set(losses) == set(ref_losses)
+    for k in losses:
+        torch.testing.assert_close(losses[k], ref_losses[k], rtol=1e-6, atol=1e-7)
+    assert metrics == ref_metrics  # identical floats; none for the mask annotated nowhere
+    assert not any("occluded" in k for k in metrics)
+    assert losses["loss_mask_occluded"].item() == 0.0 and losses["loss_mask_occluded"].requires_grad
+    sum(losses.values()).backward()
+    sum(v for v in ref_losses.values() if v.requires_grad).backward()
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_vis_period_puts_the_first_annotated_roi():
+    logits, batch = _partly_annotated_batch()
+    with EventStorage() as storage:
+        multi_mask_rcnn_loss(logits, batch, NAMES3, (1.0,) * 3, vis_period=1)
+        images = {name: img for name, img, _ in storage._vis_data}
+    assert set(images) == {"amodal: left pred, right GT", "visible: left pred, right GT"}
+    # visible: the first annotated ROI is ROI 0 of image 1 (class 0)
+    vis = images["visible: left pred, right GT"]
+    assert vis.shape == (1, 14, 28)
+    torch.testing.assert_close(vis[0, :, :14], logits[0, 1, 0].sigmoid())
+    target = batch[0].gt_multimask.crop_and_resize(batch[0].proposal_boxes.tensor, 14)[0, 1]
+    torch.testing.assert_close(vis[0, :, 14:], target.float())
+
+
+_SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero")
+
+
+def _count_syncs(monkeypatch, filename: str) -> list:
+    """
+    Record the Tensor calls that wait for the device (values to the host, boolean indexing) made
+    from code in `filename`; returns the list the names are appended to.
+    """
+    calls = []
+
+    def counting(name, original):
+        def wrapper(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename == filename:
+                calls.append(name)
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in _SYNCING:
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    original_getitem = torch.Tensor.__getitem__
+
+    def getitem(self, idx):
+        parts = idx if isinstance(idx, tuple) else (idx,)
+        if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+            if sys._getframe(1).f_code.co_filename == filename:
+                calls.append("bool index")
+        return original_getitem(self, idx)
+
+    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    return calls
+
+
+def test_loss_makes_one_host_transfer(monkeypatch):
+    calls = _count_syncs(monkeypatch, mask_head.__file__)
+    logits, batch = _partly_annotated_batch()
+    with EventStorage():
+        multi_mask_rcnn_loss(logits, batch, NAMES3, (1.0,) * 3)
+        assert calls == ["tolist"]
+        calls.clear()
+        _head()(_features(), [_proposals()])  # every mask annotated, through the head
+    assert calls == ["tolist"]
+
+
+def test_sync_counter_sees_the_per_mask_reference(monkeypatch):
+    """The counter would catch the former code: several syncs per annotated mask."""
+    calls = _count_syncs(monkeypatch, __file__)
+    logits, batch = _partly_annotated_batch()
+    _reference_loss(logits, batch, NAMES3, (1.0,) * 3)
+    # per mask: sel.any(); per annotated mask: 2 boolean indexings and 4 .item()
+    assert sorted(set(calls)) == ["__bool__", "bool index", "item"]
+    assert len(calls) == 3 + 2 * 6

@@ -61,7 +61,7 @@ def multi_mask_rcnn_loss(
         dict "loss_mask_<name>" -> scalar Tensor; a mask with no annotated ROI gives a zero loss that keeps
         the graph connected.
     """
-    k, m = pred_mask_logits.shape[1], pred_mask_logits.shape[3]
+    m = pred_mask_logits.shape[3]
     if pred_mask_logits.shape[3] != pred_mask_logits.shape[4]:
         raise ValueError(f"mask predictions must be square, got {tuple(pred_mask_logits.shape)}")
     gt_classes, gt_masks, annotated = [], [], []
@@ -86,31 +86,52 @@ def multi_mask_rcnn_loss(
         return {f"loss_mask_{n}": pred_mask_logits.sum() * 0 for n in mask_names}
 
     logits = _select_class(pred_mask_logits, cat(gt_classes, dim=0))  # (R, K, M, M)
-    targets = cat(gt_masks, dim=0)  # (R, K, M, M) bool
-    annotated_t = cat(annotated, dim=0)  # (R, K) bool
+    targets = cat(gt_masks, dim=0).to(dtype=torch.bool)  # (R, K, M, M)
+    annotated_t = cat(annotated, dim=0).to(dtype=torch.bool)  # (R, K)
 
+    # Every (ROI, mask) pair is computed and the pairs that are not annotated are masked out, rather
+    # than selected with `logits[annotated[:, j], j]`: a boolean index (and `if sel.any()`) waits
+    # for the GPU to know its size. Sum / count is the mean over the annotated pairs; a mask with no
+    # annotated ROI gives 0 / 1, a zero that keeps the graph connected.
+    bce = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    ann_px = annotated_t[:, :, None, None]  # (R, K, 1, 1)
+    num_annotated = annotated_t.sum(dim=0)  # (K,) int64
+    per_mask = torch.where(ann_px, bce, bce.new_zeros(())).sum(dim=(0, 2, 3)) / (
+        num_annotated * (m * m)
+    ).clamp(min=1)
+    losses = {
+        f"loss_mask_{name}": loss_weights[j] * per_mask[j] for j, name in enumerate(mask_names)
+    }
+
+    # The metrics' pixel counts of all K masks, (6, K) int64, cross to the host in one transfer: one
+    # sync per iteration instead of several per mask.
+    with torch.no_grad():
+        pred = logits > 0.0
+        wrong = (pred != targets) & ann_px
+        counts = torch.stack(
+            [
+                num_annotated,
+                (targets & ann_px).sum(dim=(0, 2, 3)),  # positives
+                wrong.sum(dim=(0, 2, 3)),
+                (wrong & pred).sum(dim=(0, 2, 3)),  # false positives
+                (wrong & targets).sum(dim=(0, 2, 3)),  # false negatives
+                annotated_t.to(torch.uint8).argmax(dim=0),  # first annotated ROI, for vis_period
+            ]
+        ).tolist()
     storage = get_event_storage()
-    losses = {}
     for j, name in enumerate(mask_names):
-        sel = annotated_t[:, j]
-        if not bool(sel.any()):
-            losses[f"loss_mask_{name}"] = logits[:, j].sum() * 0
+        num_rois, num_pos, num_wrong, num_fp, num_fn, first = (c[j] for c in counts)
+        if num_rois == 0:
             continue
-        lg, gt = logits[sel, j], targets[sel, j]
-        gt_f = gt.to(dtype=torch.float32)
-        pred = lg > 0.0
-        num_pos = gt.sum().item()
-        storage.put_scalar(f"mask_rcnn/{name}/accuracy", 1 - (pred != gt).sum().item() / gt.numel())
-        storage.put_scalar(
-            f"mask_rcnn/{name}/false_positive", (pred & ~gt).sum().item() / max(gt.numel() - num_pos, 1.0)
-        )
-        storage.put_scalar(f"mask_rcnn/{name}/false_negative", (~pred & gt).sum().item() / max(num_pos, 1.0))
+        num_px = num_rois * m * m
+        storage.put_scalar(f"mask_rcnn/{name}/accuracy", 1 - num_wrong / num_px)
+        storage.put_scalar(f"mask_rcnn/{name}/false_positive", num_fp / max(num_px - num_pos, 1.0))
+        storage.put_scalar(f"mask_rcnn/{name}/false_negative", num_fn / max(num_pos, 1.0))
         if vis_period > 0 and storage.iter % vis_period == 0:
-            vis = torch.cat([lg.sigmoid(), gt_f], dim=2)
-            storage.put_image(f"{name}: left pred, right GT", vis[0:1].detach().cpu())
-        losses[f"loss_mask_{name}"] = loss_weights[j] * F.binary_cross_entropy_with_logits(
-            lg, gt_f, reduction="mean"
-        )
+            vis = torch.cat(
+                [logits[first, j].sigmoid(), targets[first, j].to(logits.dtype)], dim=1
+            )
+            storage.put_image(f"{name}: left pred, right GT", vis[None].detach().cpu())
     return losses
 
 
