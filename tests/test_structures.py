@@ -107,7 +107,7 @@ def test_segmentation_errors_are_clear():
     rle = mask_util.encode(np.asfortranarray(np.ones((5, 5), dtype=np.uint8)))
     with pytest.raises(ValueError, match="differs from image size"):
         segmentation_to_bitmask(rle, 6, 5)
-    with pytest.raises(ValueError, match="polygons, an RLE dict or an array"):
+    with pytest.raises(ValueError, match="polygons, an RLE dict, an array or a derived mask"):
         segmentation_to_bitmask("abc", 5, 5)
 
 

@@ -53,7 +53,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .mask_fields import MaskFields, to_rle
+from ...structures import segmentation_to_rle
+from .mask_fields import MaskFields
 
 __all__ = [
     "load_multimask_coco_json",
@@ -154,7 +155,7 @@ def _bbox(
             raise ValueError(
                 f"{where}: no '{bbox_field}' and no primary mask to compute a box from"
             )
-        return [float(v) for v in mask_util.toBbox(to_rle(primary, h, w))]
+        return [float(v) for v in mask_util.toBbox(segmentation_to_rle(primary, h, w))]
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise ValueError(f"{where}: '{bbox_field}' must be [x, y, width, height], got {bbox!r}")
     try:

@@ -10,24 +10,18 @@ key, or the keyword ``empty``::
     "A - B", "A & B", "A | B"   difference, intersection, union of two masks
 
 Masks are returned in the forms the standard dataset dict allows: the annotation's own polygons or
-RLE dict when taken as they are, and a compressed RLE dict (``counts`` as str) when computed.
+RLE dict when taken as they are, ``[]`` for ``empty``, and a derived mask
+(``multimask.structures.derived_mask``: the operation and its operands, not rasterised) when
+computed; ``multimask.structures.segmentation_to_rle`` turns any of them into pixels.
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 
-from ...structures import rle_runs, shift_polygon_coords
+from ...structures import derived_mask, rle_runs
 
-__all__ = [
-    "MaskFields",
-    "MaskFieldError",
-    "empty_rle",
-    "rle_length",
-    "shift_polygon_coords",
-    "to_rle",
-]
+__all__ = ["MaskFields", "MaskFieldError", "rle_length"]
 
 _OPS = ("or", "-", "&", "|")
 _EMPTY = "empty"
@@ -35,48 +29,6 @@ _EMPTY = "empty"
 
 class MaskFieldError(ValueError):
     """A mask value of an annotation is malformed; the loader adds the file and annotation id."""
-
-
-def empty_rle(height: int, width: int) -> Dict[str, Any]:
-    """A compressed RLE dict of an all-zero (height, width) mask."""
-    return {"size": [height, width], "counts": _empty_counts(height, width)}
-
-
-_EMPTY_COUNTS: Dict[Tuple[int, int], str] = {}
-
-
-def _empty_counts(height: int, width: int) -> str:
-    # Encoding a full-image array costs O(H*W); one per image size is enough.
-    key = (height, width)
-    if key not in _EMPTY_COUNTS:
-        rle = mask_util.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
-        _EMPTY_COUNTS[key] = rle["counts"].decode("ascii")
-    return _EMPTY_COUNTS[key]
-
-
-def to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
-    """
-    Convert normalised polygons or an RLE dict into a compressed RLE dict (bytes or str counts).
-
-    Args:
-        segm: polygons (list of flat coordinate lists) or an RLE dict, as returned by ``normalize``.
-        height, width: the image size.
-    """
-    if isinstance(segm, list):
-        if len(segm) == 0:
-            return empty_rle(height, width)
-        return mask_util.merge(mask_util.frPyObjects(segm, height, width))
-    if isinstance(segm["counts"], list):  # uncompressed RLE
-        return mask_util.frPyObjects(segm, height, width)
-    return segm
-
-
-def _str_counts(rle: Dict[str, Any]) -> Dict[str, Any]:
-    counts = rle["counts"]
-    return {
-        "size": list(rle["size"]),
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
 
 
 def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
@@ -89,8 +41,8 @@ def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
         height, width: the image size, which an RLE must have.
 
     Returns:
-        (mask, num_dropped): the mask as polygons (list of lists; an empty list becomes an empty
-        RLE) or the RLE dict as given, or None when not annotated; and how many polygons were
+        (mask, num_dropped): the mask as polygons (list of lists; ``[]`` is an annotated empty
+        mask) or the RLE dict as given, or None when not annotated; and how many polygons were
         dropped for having fewer than 3 points. A mask whose polygons were all dropped is None.
 
     Raises:
@@ -101,7 +53,7 @@ def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
         return None, 0
     if isinstance(value, list):
         if len(value) == 0:
-            return empty_rle(height, width), 0
+            return [], 0  # an annotated empty mask
         if isinstance(value[0], (int, float)):
             value = [value]  # one flat polygon
         if not all(
@@ -165,71 +117,6 @@ def rle_length(counts: Any) -> int:
     """
     runs = rle_runs(counts)
     return -1 if runs is None else int(runs.sum())
-
-
-# Above this many pixels, a difference is computed on the box of its first mask only (see combine).
-CROP_ABOVE_PIXELS = 512 * 512
-
-
-def _pixel_extent(segm: Any, height: int, width: int) -> Tuple[int, int, int, int]:
-    """Integer (x0, y0, x1, y1) containing every pixel of the mask, clipped to the image."""
-    if isinstance(segm, list):
-        coords = np.concatenate([np.asarray(p, dtype=np.float64) for p in segm])
-        xs, ys = coords[0::2], coords[1::2]
-        # one pixel of margin: the rasteriser may set the pixel next to a boundary coordinate
-        x0, x1 = int(np.floor(xs.min())) - 1, int(np.ceil(xs.max())) + 2
-        y0, y1 = int(np.floor(ys.min())) - 1, int(np.ceil(ys.max())) + 2
-    else:
-        x, y, w, h = mask_util.toBbox(to_rle(segm, height, width)).tolist()
-        x0, y0, x1, y1 = int(x), int(y), int(x + w), int(y + h)
-    return max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-
-
-def _raster_crop(segm: Any, box: Tuple[int, int, int, int], height: int, width: int) -> np.ndarray:
-    """The mask's pixels inside box (x0, y0, x1, y1), as an (y1 - y0, x1 - x0) uint8 array."""
-    x0, y0, x1, y1 = box
-    if isinstance(segm, list):
-        offset = np.array([x0, y0])
-        shifted = [
-            shift_polygon_coords(np.asarray(p, dtype=np.float64).reshape(-1, 2), offset).ravel()
-            for p in segm
-        ]
-        rle = mask_util.merge(mask_util.frPyObjects(shifted, y1 - y0, x1 - x0))
-        return mask_util.decode(rle)
-    return mask_util.decode(to_rle(segm, height, width))[y0:y1, x0:x1]
-
-
-def combine(op: str, a: Any, b: Any, height: int, width: int) -> Dict[str, Any]:
-    """
-    Set operation on two normalised masks.
-
-    Args:
-        op: "-" (a and not b), "&" (a and b) or "|" (a or b).
-        a, b: polygons or RLE dicts of the image size.
-
-    Returns:
-        compressed RLE dict with str counts.
-    """
-    if op in ("&", "|"):
-        rle = mask_util.merge(
-            [to_rle(a, height, width), to_rle(b, height, width)], intersect=op == "&"
-        )
-        return _str_counts(rle)
-    # pycocotools has no difference, so pixels are needed. Decoding a full mask costs ~1 ms on a
-    # KINS image, which adds minutes to loading a large dataset; on large images only the box of `a`
-    # is rasterised (that can differ from a full rasterisation in ~1 pixel per 1000 polygons).
-    if height * width > CROP_ABOVE_PIXELS:
-        box = _pixel_extent(a, height, width)
-    else:
-        box = (0, 0, width, height)
-    x0, y0, x1, y1 = box
-    if x1 <= x0 or y1 <= y0:
-        return empty_rle(height, width)
-    crop = _raster_crop(a, box, height, width)
-    crop &= 1 - _raster_crop(b, box, height, width)
-    full = np.zeros((height, width), dtype=np.uint8, order="F")
-    full[y0:y1, x0:x1] = crop
-    return _str_counts(mask_util.encode(full))
 
 
 class MaskFields:
@@ -328,7 +215,7 @@ class MaskFields:
             if kind == "mask":
                 return values[value]
             if kind == "empty":
-                return empty_rle(height, width)
+                return []
             if value not in raw:
                 try:
                     raw[value] = normalize(annotation.get(value), height, width)
@@ -352,7 +239,7 @@ class MaskFields:
                     result = operand(*ops[1]) if absent else operand(*ops[0])
                 else:
                     a, b = operand(*ops[0]), operand(*ops[1])
-                    result = None if a is None or b is None else combine(op, a, b, height, width)
+                    result = None if a is None or b is None else derived_mask(op, a, b)
             except MaskFieldError as e:
                 raise MaskFieldError(f"mask {name!r} ({self.mask_fields[name]!r}): {e}") from None
             values[name] = result

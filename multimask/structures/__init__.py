@@ -1,0 +1,12 @@
+"""Ground-truth structures: ``MultiMasks`` (K named masks per instance) and the mask forms it stores."""
+from .leaves import BitCrop, DerivedMask, PolygonMask
+from .multimasks import MaskStorage, MultiMasks, NamedMasks
+from .segmentation import (
+    DERIVED_OPS,
+    derived_mask,
+    is_derived,
+    rle_runs,
+    segmentation_to_bitmask,
+    segmentation_to_rle,
+    shift_polygon_coords,
+)
