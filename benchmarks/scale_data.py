@@ -6,8 +6,8 @@ tools/gpu_check.sh and tests.
     make_cocoa_like(root, num_images, seed)  -> (json_file, image_root)   format "cocoa"
 
 KINS-like: 1242 x 375 PNG images (KITTI's size) with about 12 objects each, KINS's 7 categories
-(mostly cars); every object has a star-shaped amodal polygon of 20-60 vertices (``segmentation``) and
-its visible part as polygons (``inmodal_seg``). COCOA-like: 640 x 480 JPEG images with about 8
+(mostly cars); every object has a star-shaped amodal polygon of 20-60 vertices (``segmentation``)
+and its visible part as polygons (``inmodal_seg``). COCOA-like: 640 x 480 JPEG images with about 8
 regions each in COCOA's original layout (one annotation per image with a ``regions`` list); a flat
 amodal polygon per region, and ``visible_mask`` / ``invisible_mask`` RLE when it is occluded.
 
@@ -196,6 +196,7 @@ def make_kins_like(
                 }
             )
     json_file = os.path.join(root, json_name)
+    os.makedirs(os.path.dirname(json_file), exist_ok=True)
     with open(json_file, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": KINS_CATEGORIES}, f)
     return json_file, image_root
@@ -264,6 +265,7 @@ def make_cocoa_like(
             }
         )
     json_file = os.path.join(root, json_name)
+    os.makedirs(os.path.dirname(json_file), exist_ok=True)
     with open(json_file, "w") as f:
         json.dump({"images": images, "annotations": annotations}, f)
     return json_file, image_root

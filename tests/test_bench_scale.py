@@ -1,4 +1,4 @@
-"""The KINS-like / COCOA-like generators of benchmarks/scale_data.py, read through the public loaders."""
+"""benchmarks/scale_data.py's KINS-like and COCOA-like data, read through the public loaders."""
 
 import json
 import os
@@ -43,7 +43,8 @@ def test_kins_like(tmp_path):
     json_file, image_root = make_kins_like(str(tmp_path / "kins"), 2, seed=3)
     dicts, meta = _registered_dicts("kins_2019", json_file, image_root)
     assert len(meta.thing_classes) == 7
-    assert [(d["height"], d["width"], len(d["annotations"])) for d in dicts] == [(375, 1242, 12)] * 2
+    sizes = [(d["height"], d["width"], len(d["annotations"])) for d in dicts]
+    assert sizes == [(375, 1242, 12)] * 2
     for d in dicts:
         # polygon simplification may move the visible outline by up to 1 px
         _check_masks(d, max_outside=0.01)
@@ -65,12 +66,14 @@ def test_cocoa_like(tmp_path):
     json_file, image_root = make_cocoa_like(str(tmp_path / "cocoa"), 2, seed=0)
     dicts, meta = _registered_dicts("cocoa", json_file, image_root)
     assert meta.thing_classes == ["object"]
-    assert [(d["height"], d["width"], len(d["annotations"])) for d in dicts] == [(480, 640, 8)] * 2
+    sizes = [(d["height"], d["width"], len(d["annotations"])) for d in dicts]
+    assert sizes == [(480, 640, 8)] * 2
     for d in dicts:
         _check_masks(d, max_outside=0.0)  # visible is an RLE of the amodal raster minus occluders
         for ann in d["annotations"]:
             amodal, visible = (
-                segmentation_to_bitmask(ann["multimask"][n], 480, 640) for n in ("amodal", "visible")
+                segmentation_to_bitmask(ann["multimask"][n], 480, 640)
+                for n in ("amodal", "visible")
             )
             assert ann["occlude_rate"] == pytest.approx(1 - visible.sum() / amodal.sum(), abs=1e-3)
     assert os.path.isdir(image_root)

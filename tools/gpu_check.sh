@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# The GPU check (issue 12, item 9): on a CUDA machine, in under 8 minutes,
+#   1. sets up the environment (tools/setup_env.sh),
+#   2. trains the quick synthetic config 200 iterations without and with SOLVER.AMP.ENABLED,
+#   3. writes a KINS-like dataset (benchmarks/scale_data.py) in the builtin kins_2019 layout and
+#      trains R-50-FPN on it at 2000x604 for 20 iterations with K=2 (amodal + visible: polygons)
+#      and K=3 (+ occluded = amodal - visible, derived), each evaluated on the test split,
+#   4. runs inference + evaluation again from the saved weights (--eval-only),
+#   5. exports the quick model to TorchScript (scripting and tracing; the script checks the file
+#      against the eager model),
+#   6. runs benchmarks/bench_scale.py on the device,
+# and prints a summary: every step's status, time and key metrics. Every step has its own timeout
+# and a failed step does not stop the others; the exit code is 1 if any step failed or timed out.
+# CI never runs this script.
+#
+#   bash tools/gpu_check.sh                                   # on a CUDA machine
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 bash tools/gpu_check.sh   # smoke test on a CPU (minutes)
+#
+# Environment:
+#   GPU_CHECK_DEVICE  cuda (default) or cpu
+#   GPU_CHECK_QUICK   1: a few iterations and images per step, R18 at a third of KINS's size instead
+#                     of R-50 at 2000x604, bench_scale.py --quick (and --skip-train on a CPU)
+#   GPU_CHECK_OUT     output directory (default output/gpu_check/<date-time>)
+#   GPU_CHECK_STEPS   space-separated subset of the steps (default: all), e.g. "kins_data kins_k3"
+#   VENV              the virtual environment (default .venv)
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DEVICE="${GPU_CHECK_DEVICE:-cuda}"
+QUICK="${GPU_CHECK_QUICK:-0}"
+OUT="${GPU_CHECK_OUT:-output/gpu_check/$(date +%Y%m%d-%H%M%S)}"
+ALL_STEPS="setup quick_fp32 quick_amp kins_data kins_k2 kins_k3 eval_quick eval_kins_k3
+           export_scripting export_tracing bench_scale"
+STEPS="$(echo ${GPU_CHECK_STEPS:-$ALL_STEPS})"  # one line, single spaces
+PY="${VENV:-$ROOT/.venv}/bin/python"
+QUICK_CONFIG=configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+STEP_TABLE="$OUT/steps.tsv"
+: >"$STEP_TABLE"
+# the KINS-like data is read as the builtin kins_2019_train / kins_2019_test
+export DETECTRON2_DATASETS="$OUT/datasets"
+
+if [ "$QUICK" = 1 ]; then
+    QUICK_ITERS=10 KINS_ITERS=2 KINS_TRAIN_IMAGES=4 KINS_TEST_IMAGES=2 BATCH=2 WORKERS=1
+    # R18 with the quick config's small heads, at a third of KINS's training size
+    KINS_MODEL=(--config-file "$QUICK_CONFIG" INPUT.MIN_SIZE_TRAIN "(200,)" INPUT.MAX_SIZE_TRAIN 667
+                INPUT.MIN_SIZE_TEST 200 INPUT.MAX_SIZE_TEST 667)
+    BENCH_ARGS=(--quick --eval-images 50)
+    [ "$DEVICE" = cpu ] && BENCH_ARGS+=(--skip-train)
+else
+    QUICK_ITERS=200 KINS_ITERS=20 KINS_TRAIN_IMAGES=40 KINS_TEST_IMAGES=20 BATCH=4 WORKERS=4
+    # R-50-FPN from random init (BN, every stage trained: no download on the GPU machine), 2000x604
+    KINS_MODEL=(--config-file configs/Base-MultiMask-RCNN-FPN.yaml MODEL.WEIGHTS "''"
+                MODEL.RESNETS.NORM BN MODEL.BACKBONE.FREEZE_AT 0
+                INPUT.MIN_SIZE_TRAIN "(604,)" INPUT.MAX_SIZE_TRAIN 2000
+                INPUT.MIN_SIZE_TEST 604 INPUT.MAX_SIZE_TEST 2000
+                SOLVER.CLIP_GRADIENTS.ENABLED True SOLVER.CLIP_GRADIENTS.CLIP_TYPE value
+                SOLVER.CLIP_GRADIENTS.CLIP_VALUE 1.0)
+    BENCH_ARGS=(--eval-images 1000)
+fi
+
+log() { echo "[gpu_check $(date +%H:%M:%S)] $*"; }
+
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# run_step NAME TIMEOUT_S OUTPUT_DIR CMD...: run CMD with its own timeout, output to $OUT/NAME.log;
+# records NAME, status, seconds, log and output directory in steps.tsv
+run_step() {
+    local name="$1" limit="$2" dir="$3"
+    shift 3
+    wanted "$name" || return 0
+    log "$name (timeout ${limit}s): $*"
+    local t0 rc status
+    t0=$(date +%s.%N)
+    timeout --kill-after=30 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    rc=$?
+    case $rc in
+        0) status=ok ;;
+        124 | 137) status=TIMEOUT ;;
+        *) status="FAIL(rc=$rc)" ;;
+    esac
+    local secs
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$secs" "$OUT/$name.log" "$dir" >>"$STEP_TABLE"
+    log "$name: $status in ${secs}s"
+    if [ "$status" != ok ]; then
+        tail -n 25 "$OUT/$name.log" | sed 's/^/    | /'
+    fi
+}
+
+train() {  # train NAME TIMEOUT_S ARGS...: train_net.py with OUTPUT_DIR $OUT/NAME
+    local name="$1" limit="$2"
+    shift 2
+    run_step "$name" "$limit" "$OUT/$name" "$PY" train_net.py "$@" MODEL.DEVICE "$DEVICE" \
+        OUTPUT_DIR "$OUT/$name"
+}
+
+log "device $DEVICE, quick $QUICK, output $OUT"
+run_step setup 900 "" bash tools/setup_env.sh
+"$PY" - <<'EOF' 2>/dev/null | tee "$OUT/environment.txt"
+import torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available {torch.cuda.is_available()}"
+      + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
+EOF
+
+QUICK_SOLVER=(SOLVER.MAX_ITER "$QUICK_ITERS" SOLVER.STEPS "($((QUICK_ITERS * 3 / 4)),)"
+              SOLVER.WARMUP_ITERS "$((QUICK_ITERS / 4))" SOLVER.CHECKPOINT_PERIOD 100000
+              DATALOADER.NUM_WORKERS "$WORKERS")
+train quick_fp32 420 --config-file "$QUICK_CONFIG" "${QUICK_SOLVER[@]}"
+train quick_amp 420 --config-file "$QUICK_CONFIG" "${QUICK_SOLVER[@]}" SOLVER.AMP.ENABLED True
+
+run_step kins_data 300 "$DETECTRON2_DATASETS/kins" "$PY" - "$DETECTRON2_DATASETS/kins" \
+    "$KINS_TRAIN_IMAGES" "$KINS_TEST_IMAGES" <<'EOF'
+import sys
+
+sys.path.insert(0, ".")
+from benchmarks.scale_data import make_kins_like
+
+root, num_train, num_test = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for split, image_dir, json_name, num, seed in (
+    ("train", "training/image_2", "annotations/instances_train.json", num_train, 0),
+    ("test", "testing/image_2", "annotations/instances_val.json", num_test, 1),
+):
+    json_file, _ = make_kins_like(root, num, seed, image_dir=image_dir, json_name=json_name)
+    print(f"KINS-like {split}: {num} images -> {json_file}")
+EOF
+
+KINS_SOLVER=(DATASETS.TRAIN "('kins_2019_train',)" DATASETS.TEST "('kins_2019_test',)"
+             MODEL.ROI_HEADS.NUM_CLASSES 7 SOLVER.IMS_PER_BATCH "$BATCH" SOLVER.BASE_LR 0.005
+             SOLVER.MAX_ITER "$KINS_ITERS" SOLVER.STEPS "($((KINS_ITERS * 3 / 4)),)"
+             SOLVER.WARMUP_ITERS "$((KINS_ITERS / 4))" SOLVER.CHECKPOINT_PERIOD 100000
+             TEST.EVAL_PERIOD 0 DATALOADER.NUM_WORKERS "$WORKERS")
+train kins_k2 420 "${KINS_MODEL[@]}" "${KINS_SOLVER[@]}" MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK 2 \
+    MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES "['amodal', 'visible']"
+K3=(MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK 3 MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES
+    "['amodal', 'visible', 'occluded']")
+train kins_k3 420 "${KINS_MODEL[@]}" "${KINS_SOLVER[@]}" "${K3[@]}"
+
+train eval_quick 300 --eval-only --config-file "$QUICK_CONFIG" \
+    MODEL.WEIGHTS "$OUT/quick_fp32/model_final.pth"
+train eval_kins_k3 300 --eval-only "${KINS_MODEL[@]}" "${KINS_SOLVER[@]}" "${K3[@]}" \
+    MODEL.WEIGHTS "$OUT/kins_k3/model_final.pth"
+
+for method in scripting tracing; do
+    run_step "export_$method" 300 "$OUT/export_$method" "$PY" tools/export_model.py \
+        --config-file "$QUICK_CONFIG" --export-method "$method" --output "$OUT/export_$method" \
+        MODEL.WEIGHTS "$OUT/quick_fp32/model_final.pth" MODEL.DEVICE "$DEVICE"
+done
+
+run_step bench_scale 420 "$OUT" "$PY" benchmarks/bench_scale.py --device "$DEVICE" \
+    --json "$OUT/bench_scale.json" "${BENCH_ARGS[@]}"
+
+# Summary: status, time and key metrics of every step, read from its log and output directory.
+"$PY" - "$STEP_TABLE" <<'EOF' | tee "$OUT/summary.txt"
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def train_metrics(out_dir):
+    """Median s/iter, the last total loss and the last iteration of detectron2's metrics.json."""
+    path = os.path.join(out_dir or "", "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    rows = [r for r in rows if "total_loss" in r]
+    if not rows:
+        return []
+    times = [r["time"] for r in rows if "time" in r]
+    out = [f"iter {rows[-1].get('iteration')}", f"total_loss {rows[-1]['total_loss']:.3f}"]
+    if times:
+        out.append(f"{statistics.median(times):.3f} s/iter")
+    return out
+
+
+def ap_metrics(log):
+    """'<task> AP <value>' of every copypaste block that detectron2's print_csv_format writes."""
+    out, task, header = [], None, None
+    for line in log.splitlines():
+        m = re.search(r"copypaste: (.*)$", line)
+        if not m:
+            continue
+        text = m.group(1).strip()
+        if text.startswith("Task: "):
+            task, header = text[6:], None
+        elif header is None:
+            header = text.split(",")
+        elif task is not None:
+            values = dict(zip(header, text.split(",")))
+            if "AP" in values:
+                out.append(f"{task} AP {values['AP']}")
+            task = None
+    return out
+
+
+def bench_rows(log):
+    """The rows of bench_scale.py's summary table."""
+    rows = [ln for ln in log.splitlines() if re.search(r"\| (PASS|FAIL|n/a) \|$", ln)]
+    return ["", *rows] if rows else []
+
+
+failed = 0
+print("\n== gpu_check summary")
+print(f"{'step':<18} {'status':<14} {'seconds':>8}  key metrics")
+with open(sys.argv[1]) as f:
+    steps = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+for name, status, secs, log_path, out_dir in steps:
+    failed += status != "ok"
+    with open(log_path, errors="replace") as f:
+        log = f.read()
+    metrics = train_metrics(out_dir) + ap_metrics(log)
+    if name.startswith("export"):
+        metrics += [ln.split("] ")[-1] for ln in log.splitlines() if "Wrote the" in ln][-1:]
+    if name == "setup":
+        metrics += [ln.split("] ")[-1] for ln in log.splitlines() if "ok: torch" in ln]
+    if name == "kins_data":
+        metrics += [ln for ln in log.splitlines() if ln.startswith("KINS-like")]
+    extra = bench_rows(log) if name == "bench_scale" else []
+    print(f"{name:<18} {status:<14} {secs:>8}  " + "; ".join(metrics))
+    for row in extra:
+        print("    " + row)
+print(f"{len(steps) - failed} of {len(steps)} steps ok" + (f", {failed} failed" if failed else ""))
+sys.exit(1 if failed else 0)
+EOF
+exit "${PIPESTATUS[0]}"
