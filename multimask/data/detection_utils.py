@@ -270,7 +270,8 @@ def multimask_annotations_to_instances(
     bit_jobs: List[Tuple[BitCrop, Any]] = []  # RLE / array masks, windows filled in later
 
     def leaf_of(segm: Any, memo: Dict[int, Leaf]) -> Leaf:
-        # one leaf per mask object of the annotation: a derived mask shares its operands' leaves
+        # one leaf per mask object of the image: a derived mask shares its operands' leaves (also
+        # those of other annotations, e.g. an occluder mask made of the objects in front)
         if id(segm) in memo:
             return memo[id(segm)]
         leaf: Leaf = None
@@ -293,8 +294,9 @@ def multimask_annotations_to_instances(
         memo[id(segm)] = leaf
         return leaf
 
+    memo: Dict[int, Leaf] = {}
     for i, anno in enumerate(annos):
-        per_name, memo = anno.get("multimask", {}), {}
+        per_name = anno.get("multimask", {})
         for j, name in enumerate(mask_names):
             segm = per_name.get(name)
             if segm is None:
