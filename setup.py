@@ -15,6 +15,8 @@ setup(
         "iopath",
         "yacs",
         "pycocotools>=2.0.2",
+        # C++ COCOeval for MultiMaskCOCOEvaluator when detectron2 is built without _C
+        "faster-coco-eval>=1.8",
         "opencv-python-headless",
         "tqdm",
         "matplotlib",

@@ -32,11 +32,11 @@ if ! have "import torch, torchvision"; then
     "${PIP[@]}" $TORCH_SPEC
 fi
 
-DEPS=(fvcore iopath yacs pycocotools opencv-python-headless "omegaconf>=2.1,<2.4" "hydra-core>=1.1"
-      tabulate termcolor cloudpickle tensorboard matplotlib "setuptools<81" tqdm Pillow packaging
-      pytest)
-if ! have "import fvcore, iopath, yacs, pycocotools, cv2, omegaconf, hydra, tabulate, termcolor, \
-cloudpickle, tensorboard, matplotlib, pkg_resources, tqdm, PIL, pytest"; then
+DEPS=(fvcore iopath yacs pycocotools "faster-coco-eval>=1.8" opencv-python-headless "omegaconf>=2.1,<2.4"
+      "hydra-core>=1.1" tabulate termcolor cloudpickle tensorboard matplotlib "setuptools<81" tqdm Pillow
+      packaging pytest)
+if ! have "import fvcore, iopath, yacs, pycocotools, faster_coco_eval, cv2, omegaconf, hydra, tabulate, \
+termcolor, cloudpickle, tensorboard, matplotlib, pkg_resources, tqdm, PIL, pytest"; then
     log "installing detectron2's and multimask's dependencies"
     "${PIP[@]}" "${DEPS[@]}"
 fi
