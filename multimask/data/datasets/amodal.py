@@ -51,6 +51,7 @@ AMODAL_FORMATS: Dict[str, Dict[str, Any]] = {
     "kins_2020": {
         "mask_fields": {"amodal": "a_segm", "visible": "i_segm", "occluded": "amodal - visible"},
         "bbox_field": "a_bbox",
+        "depth_key": "ico_id",
     },
     "kins_2019": {
         "mask_fields": {
@@ -59,12 +60,13 @@ AMODAL_FORMATS: Dict[str, Dict[str, Any]] = {
             "occluded": "amodal - visible",
         },
         "bbox_field": "bbox",
+        "depth_key": "ico_id",
     },
     # regions have no box: it is computed from the amodal polygon
     "cocoa": {
         "mask_fields": _VISIBLE_OR_AMODAL,
         "bbox_field": "bbox",
-        "extra_annotation_keys": ("order",),
+        "depth_key": "order",
     },
     "cocoa_cls": {"mask_fields": _VISIBLE_OR_AMODAL, "bbox_field": "bbox"},
     "d2sa": {"mask_fields": _VISIBLE_OR_AMODAL, "bbox_field": "bbox"},
@@ -116,7 +118,11 @@ def flatten_cocoa_regions(coco: Mapping[str, Any], json_file: str) -> Dict[str, 
 
 
 def load_amodal_json(
-    json_file: str, image_root: str, fmt: str, dataset_name: Optional[str] = None
+    json_file: str,
+    image_root: str,
+    fmt: str,
+    dataset_name: Optional[str] = None,
+    mask_fields: Optional[Mapping[str, str]] = None,
 ) -> List[Dict[str, Any]]:
     """
     Load one of the amodal formats into standard dataset dicts with ``amodal``, ``visible`` and
@@ -127,15 +133,23 @@ def load_amodal_json(
         image_root: directory of its images.
         fmt: one of ``AMODAL_FORMATS`` ("kins_2020", "kins_2019", "cocoa", "cocoa_cls", "d2sa").
         dataset_name: if given, its metadata receives the classes.
+        mask_fields: masks added to (or replacing) the format's mapping, e.g.
+            ``{"occluder": "occluders(visible)"}`` (see ``format_mask_fields``).
     """
     if fmt not in AMODAL_FORMATS:
         raise ValueError(f"unknown amodal format {fmt!r}; known: {sorted(AMODAL_FORMATS)}")
     coco = read_json(json_file)
     if fmt == "cocoa":
         coco = flatten_cocoa_regions(coco, json_file)
-    return multimask_dicts_from_coco(
-        coco, json_file, image_root, dataset_name=dataset_name, **AMODAL_FORMATS[fmt]
-    )
+    kwargs = {**AMODAL_FORMATS[fmt], "mask_fields": format_mask_fields(fmt, mask_fields)}
+    return multimask_dicts_from_coco(coco, json_file, image_root, dataset_name=dataset_name, **kwargs)
+
+
+def format_mask_fields(fmt: str, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The mask-field mapping of format `fmt`, with `extra` masks added (or replacing its own)."""
+    if fmt not in AMODAL_FORMATS:
+        raise ValueError(f"unknown amodal format {fmt!r}; known: {sorted(AMODAL_FORMATS)}")
+    return {**AMODAL_FORMATS[fmt]["mask_fields"], **(extra or {})}
 
 
 def register_amodal_instances(
@@ -144,6 +158,7 @@ def register_amodal_instances(
     json_file: str,
     image_root: str,
     metadata: Optional[Mapping[str, Any]] = None,
+    mask_fields: Optional[Mapping[str, str]] = None,
 ) -> None:
     """
     Register a dataset in one of the amodal formats under `name`, loaded on first use.
@@ -153,16 +168,23 @@ def register_amodal_instances(
         fmt: one of ``AMODAL_FORMATS``.
         json_file, image_root: the annotation file and image directory.
         metadata: extra metadata.
+        mask_fields: masks added to the format's mapping, e.g. ``{"occluder": "occluders(visible)"}``
+            (the objects in front by the format's depth order: COCOA ``order``, KINS ``ico_id``).
     """
     if fmt not in AMODAL_FORMATS:
         raise ValueError(f"unknown amodal format {fmt!r}; known: {sorted(AMODAL_FORMATS)}")
-    DatasetCatalog.register(name, lambda: load_amodal_json(json_file, image_root, fmt, name))
-    MetadataCatalog.get(name).set(**amodal_metadata(fmt, json_file, image_root), **(metadata or {}))
+    meta = amodal_metadata(fmt, json_file, image_root, mask_fields)
+    DatasetCatalog.register(
+        name, lambda: load_amodal_json(json_file, image_root, fmt, name, mask_fields)
+    )
+    MetadataCatalog.get(name).set(**meta, **(metadata or {}))
 
 
-def amodal_metadata(fmt: str, json_file: str, image_root: str) -> Dict[str, Any]:
+def amodal_metadata(
+    fmt: str, json_file: str, image_root: str, mask_fields: Optional[Mapping[str, str]] = None
+) -> Dict[str, Any]:
     """The metadata known before a dataset of format `fmt` is loaded (loading sets the classes)."""
-    fields = MaskFields(AMODAL_FORMATS[fmt]["mask_fields"])
+    fields = MaskFields(format_mask_fields(fmt, mask_fields))
     return {
         "json_file": json_file,
         "image_root": image_root,

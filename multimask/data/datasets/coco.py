@@ -188,6 +188,7 @@ def multimask_dicts_from_coco(
     bbox_field: str = "bbox",
     extra_annotation_keys: Sequence[str] = (),
     check_images: bool = True,
+    depth_key: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """
     Turn a loaded COCO-style dict into standard dataset dicts with ``multimask`` annotations.
@@ -202,6 +203,8 @@ def multimask_dicts_from_coco(
         bbox_field: annotation key of the XYWH box; absent -> computed from the primary mask.
         extra_annotation_keys: other annotation keys copied as they are when present.
         check_images: whether to fail here, before training, when an image file does not exist.
+        depth_key: annotation key of the depth order (smaller = in front), read by
+            ``occluders(...)`` masks and copied to the dataset dicts; None = no order.
 
     Returns:
         list[dict]: one per image, in detectron2's standard format.
@@ -253,7 +256,7 @@ def multimask_dicts_from_coco(
             obj["segmentation"] = masks[primary_name]
         if "occlude_rate" in ann:
             obj["occlude_rate"] = _occlude_rate(ann["occlude_rate"], where)
-        for key in extra_annotation_keys:
+        for key in (*extra_annotation_keys, *([depth_key] if depth_key else [])):
             if key in ann:
                 obj[key] = ann[key]
         record["annotations"].append(obj)
@@ -274,6 +277,9 @@ def multimask_dicts_from_coco(
             f"Is the mapping right? The annotations' keys are {sorted(keys_seen)}."
         )
     dicts = list(records.values())
+    if fields.occluder_names:
+        for record in dicts:
+            fields.resolve_occluders(record["annotations"], depth_key)
     logger.info(
         f"Loaded {len(dicts)} images with {num_instances} instances and masks {fields.names} "
         f"from {json_file}"

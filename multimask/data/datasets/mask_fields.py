@@ -15,7 +15,8 @@ RLE dict when taken as they are, ``[]`` for ``empty``, and a derived mask
 computed; ``multimask.structures.segmentation_to_rle`` turns any of them into pixels.
 """
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+import re
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from ...structures import derived_mask, rle_runs
 __all__ = ["MaskFields", "MaskFieldError", "rle_length"]
 
 _OPS = ("or", "-", "&", "|")
+_OCCLUDERS = re.compile(r"occluders\((\S+)\)")
 _EMPTY = "empty"
 
 
@@ -149,7 +151,16 @@ class MaskFields:
             if not isinstance(expr, str):
                 raise ValueError(f"mask_fields[{name!r}] must be a str, got {expr!r}")
             tokens = expr.split()
-            if len(tokens) == 1:
+            occluders = _OCCLUDERS.fullmatch(expr.strip())
+            if occluders:
+                arg = occluders.group(1)
+                if arg not in mask_fields or arg == name:
+                    raise ValueError(
+                        f"mask_fields[{name!r}] = {expr!r}: occluders() takes another mask name of "
+                        f"the mapping ({[n for n in mask_fields if n != name]})"
+                    )
+                self._exprs[name] = ("occluders", [("mask", arg)])
+            elif len(tokens) == 1:
                 self._exprs[name] = ("=", [self._operand(name, tokens[0])])
             elif len(tokens) == 3 and tokens[1] in _OPS:
                 ops = [self._operand(name, tokens[0]), self._operand(name, tokens[2])]
@@ -158,6 +169,16 @@ class MaskFields:
                 raise ValueError(
                     f"mask_fields[{name!r}] = {expr!r} does not parse: expected 'KEY', 'A or B', "
                     "'A - B', 'A & B' or 'A | B' (operands: mask names, annotation keys or 'empty')"
+                )
+        # masks computed per image, from the other objects of the image (see resolve_occluders)
+        self.occluder_names = [n for n, (op, _) in self._exprs.items() if op == "occluders"]
+        for name, (op, ops) in self._exprs.items():
+            used = [v for kind, v in ops if kind == "mask" and v in self.occluder_names]
+            if op != "occluders" and used:
+                raise ValueError(
+                    f"mask_fields[{name!r}] = {self.mask_fields[name]!r} uses the occluder mask "
+                    f"{used[0]!r}, which is computed per image after the others: use its source "
+                    "mask instead"
                 )
         self._order = self._topological_order()
         self.keys = sorted({v for _, ops in self._exprs.values() for k, v in ops if k == "key"})
@@ -226,7 +247,9 @@ class MaskFields:
         for name in self._order:
             op, ops = self._exprs[name]
             try:
-                if op == "=":
+                if op == "occluders":
+                    result = None  # filled by resolve_occluders, once the image is read
+                elif op == "=":
                     result = operand(*ops[0])
                 elif op == "or":
                     # A key falls back when it is absent, not when its polygons are all degenerate:
@@ -245,3 +268,56 @@ class MaskFields:
             values[name] = result
         dropped = sum(n for _, n in raw.values())
         return {name: values[name] for name in self.names}, dropped
+
+    def resolve_occluders(
+        self, objects: Sequence[Dict[str, Any]], depth_key: Optional[str] = None
+    ) -> None:
+        """
+        Fill every ``occluders(SRC)`` mask of one image's objects, in place.
+
+        The occluder mask of an object is the union of the SRC masks of the OTHER objects that lie
+        in front of it and whose box overlaps its box, cropped to its box (BCNet / AISFormer's
+        occluder). In front: a smaller value under `depth_key` (COCOA's ``order``: 1 is the front);
+        when either object has no depth (or depth_key is None), every overlapping object counts.
+        It is kept as a derived mask of those objects' masks (nothing rasterised here); an object
+        with no such neighbour gets an annotated empty mask. Not annotated when its own SRC is not.
+
+        Args:
+            objects: the image's annotations as the loader made them (``bbox`` XYWH_ABS,
+                ``multimask``, optionally `depth_key`).
+            depth_key: annotation key of the depth order, or None.
+        """
+        for name in self.occluder_names:
+            src = self._exprs[name][1][0][1]
+            boxes = [_xyxy(o["bbox"]) for o in objects]
+            for i, obj in enumerate(objects):
+                if obj["multimask"].get(src) is None:
+                    obj["multimask"][name] = None
+                    continue
+                depth = obj.get(depth_key) if depth_key else None
+                front = []
+                for j, other in enumerate(objects):
+                    mask = other["multimask"].get(src)
+                    if j == i or mask is None or not _overlap(boxes[i], boxes[j]):
+                        continue
+                    other_depth = other.get(depth_key) if depth_key else None
+                    if depth is None or other_depth is None or other_depth < depth:
+                        front.append(mask)
+                if not front:
+                    obj["multimask"][name] = []
+                    continue
+                union = front[0]
+                for mask in front[1:]:
+                    union = derived_mask("|", union, mask)
+                x0, y0, x1, y1 = boxes[i]
+                box_polygon = [[x0, y0, x1, y0, x1, y1, x0, y1]]
+                obj["multimask"][name] = derived_mask("&", union, box_polygon)
+
+
+def _xyxy(box: Sequence[float]) -> Tuple[float, float, float, float]:
+    x, y, w, h = (float(v) for v in box)
+    return x, y, x + w, y + h
+
+
+def _overlap(a: Tuple[float, ...], b: Tuple[float, ...]) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
