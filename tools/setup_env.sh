@@ -52,8 +52,9 @@ if ! have "import detectron2"; then
     cp -r "$T/detectron2" "$T"/sal_detectron2-*.dist-info "$SITE/"
 fi
 
-if ! have "import multimask" || ! "$PY" -c "import multimask, os, sys; \
-sys.exit(0 if os.path.realpath(os.path.dirname(multimask.__file__)).startswith(os.path.realpath('$ROOT')) else 1)" \
+# checked from / : in the repo root, the source tree itself is importable without an install
+if ! (cd / && "$PY" -c "import multimask, os, sys; \
+sys.exit(0 if os.path.realpath(os.path.dirname(multimask.__file__)).startswith(os.path.realpath('$ROOT')) else 1)") \
     >/dev/null 2>&1; then
     log "installing multimask (editable)"
     "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
