@@ -231,7 +231,7 @@ for name, status, secs, log_path, out_dir in steps:
         log = f.read()
     metrics = train_metrics(out_dir) + ap_metrics(log)
     if name.startswith("export"):
-        metrics += [ln.split("] ")[-1] for ln in log.splitlines() if "Wrote the" in ln][-1:]
+        metrics += [ln.split("]: ")[-1] for ln in log.splitlines() if "Wrote the" in ln][-1:]
     if name == "setup":
         metrics += [ln.split("] ")[-1] for ln in log.splitlines() if "ok: torch" in ln]
     if name == "kins_data":
