@@ -28,7 +28,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers the model, its heads and the builtin datasets)
 from multimask import add_multimask_config  # noqa: E402
-from multimask.utils.export import instances_to_coco_json  # noqa: E402
+from multimask.utils.results_json import instances_to_coco_json  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import VisualizationDemo  # noqa: E402

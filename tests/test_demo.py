@@ -13,6 +13,8 @@ from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
 
 from multimask import add_multimask_config
+from multimask.data import load_multimask_labelme_json
+from multimask.structures import segmentation_to_bitmask
 
 from .common import REPO_ROOT, get_tiny_config, get_tiny_model
 
@@ -206,3 +208,47 @@ def test_demo_rejects_mask_names_the_model_does_not_predict(tiny_run, tmp_path):
                 str(weights),
             ]
         )
+
+
+def _fill_holes(mask):
+    """The mask with every background region not 4-connected to the border set."""
+    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    cv2.floodFill(outside, None, (0, 0), 2, flags=4)
+    return (outside != 2)[1:-1, 1:-1]
+
+
+def test_demo_writes_labelme_files_that_load_back(tiny_run, tmp_path):
+    yaml_path, weights = tiny_run
+    paths = _write_images(tmp_path / "in", [(64, 64), (48, 64)])
+    out = tmp_path / "labels"
+    demo = _load_script("demo", "demo.py")
+    base = ["--config-file", str(yaml_path), "--input", *paths, "--output", str(tmp_path / "vis")]
+    opts = ["--opts", "MODEL.WEIGHTS", str(weights)]
+    demo.main(base + ["--masks", "amodal,visible", "--labelme-output", str(out)] + opts)
+    predictor = _predictor(yaml_path, weights)
+    classes = predictor.metadata.get("thing_classes", None) or ["0", "1", "2"]
+    dicts = load_multimask_labelme_json(
+        str(out), mask_names=("amodal", "visible"), thing_classes=classes
+    )
+    assert [d["file_name"] for d in dicts] == paths  # imagePath relative to the JSON, resolved
+    for path, d in zip(paths, dicts):
+        with open(out / (os.path.basename(path)[:-4] + ".json")) as f:
+            assert json.load(f)["imagePath"] == "../in/" + os.path.basename(path)
+        inst = predictor(cv2.imread(path))["instances"]
+        # every object with a non-empty mask comes back with its class and its pixels (holes
+        # filled: a LabelMe polygon has none)
+        kept = [i for i in range(len(inst)) if inst.pred_multimasks[i, :2].any()]
+        assert len(d["annotations"]) == len(kept) > 0
+        for i, a in zip(kept, d["annotations"]):
+            assert a["category_id"] == inst.pred_classes[i]
+            for k, name in enumerate(("amodal", "visible")):
+                pred = inst.pred_multimasks[i, k].numpy()
+                segm = a["multimask"][name]
+                got = (
+                    np.zeros_like(pred)
+                    if segm is None
+                    else segmentation_to_bitmask(segm, *pred.shape)
+                )
+                np.testing.assert_array_equal(got, _fill_holes(pred))
+    with pytest.raises(ValueError, match="--labelme-output .* use it with --input"):
+        demo.main(["--config-file", str(yaml_path), "--webcam", "--labelme-output", str(out)])

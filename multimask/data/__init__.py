@@ -8,9 +8,11 @@ from .datasets import (
     SYNTHETIC_CLASSES,
     load_amodal_json,
     load_multimask_coco_json,
+    load_multimask_labelme_json,
     load_synthetic_dataset,
     register_amodal_instances,
     register_multimask_coco_instances,
+    register_multimask_labelme_instances,
     register_synthetic_dataset,
 )
 from .detection_utils import check_mask_names, multimask_annotations_to_instances

@@ -6,9 +6,14 @@ from .export import (
     ExportableMultiMaskRCNN,
     export_scripting,
     export_tracing,
-    instances_to_coco_json,
     outputs_to_instances,
     prepare_image,
+)
+from .results_json import (
+    coco_records,
+    encode_instances,
+    instances_to_coco_json,
+    multimask_records,
 )
 from .visualizer import (
     DEFAULT_MASK_STYLES,

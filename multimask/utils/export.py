@@ -1,5 +1,5 @@
 """
-Handing results on: COCO-style JSON with one RLE per mask name, and TorchScript export.
+TorchScript export (results JSON: :mod:`multimask.utils.results_json`).
 
 Exported models (scripting or tracing) take one image, shape (3, h, w) in ``cfg.INPUT.FORMAT``,
 already resized as ``DefaultPredictor`` resizes it (``prepare_image``), and return the raw
@@ -15,22 +15,20 @@ returns.
 
 import copy
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from torch import nn
 
 from detectron2.data import transforms as T
 from detectron2.export import TracingAdapter, scripting_with_instances
 from detectron2.export.torchscript_patch import patch_builtin_len
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import Boxes, Instances
 
 from ..modeling.meta_arch import multimask_postprocess
 
 __all__ = [
-    "instances_to_coco_json",
     "prepare_image",
     "ExportableMultiMaskRCNN",
     "SCRIPTING_FIELDS",
@@ -57,64 +55,6 @@ SCRIPTING_FIELDS = {
 TRACING_LEN_MODULES = ["multimask.modeling.mask_head"]
 # TracingAdapter flattens the output dict in sorted key order.
 TRACED_OUTPUT_NAMES = ("pred_boxes", "pred_classes", "pred_masks", "pred_multimasks", "scores")
-
-
-def instances_to_coco_json(
-    instances: Instances,
-    image_id: Any,
-    mask_names: Sequence[str],
-    *,
-    file_name: Optional[str] = None,
-    dataset_ids: Optional[Sequence[int]] = None,
-) -> List[Dict[str, Any]]:
-    """
-    COCO-style results of one image: one record per (instance, mask name), as the evaluator saves
-    them.
-
-    Args:
-        instances: predictions at the image size, with `pred_boxes`, `scores`, `pred_classes` and
-            `pred_multimasks` (N, K, H, W) bool.
-        image_id: written to every record.
-        mask_names: the K names of `pred_multimasks`, in order.
-        file_name: written to every record when given.
-        dataset_ids: contiguous class id -> dataset category id (None: write the contiguous id).
-
-    Returns:
-        N * K dicts with "image_id", ["file_name"], "category_id", "bbox" (XYWH), "score",
-        "mask_name" and "segmentation" (compressed RLE with str counts).
-    """
-    if len(instances) == 0:
-        return []
-    masks = instances.pred_multimasks
-    if masks.dim() != 4 or masks.shape[1] != len(mask_names):
-        raise ValueError(
-            f"image {image_id}: pred_multimasks has shape {tuple(masks.shape)}, expected "
-            f"(N, {len(mask_names)}, H, W) for mask names {list(mask_names)}"
-        )
-    masks = (masks >= 0.5 if masks.dtype != torch.bool else masks).cpu().numpy()
-    boxes = BoxMode.convert(
-        instances.pred_boxes.tensor.cpu().numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
-    ).tolist()
-    scores = instances.scores.cpu().tolist()
-    classes = instances.pred_classes.cpu().tolist()
-    records = []
-    for k, name in enumerate(mask_names):
-        # pycocotools encodes a Fortran-ordered (H, W, N) stack in one call
-        rles = mask_util.encode(np.asfortranarray(masks[:, k].transpose(1, 2, 0).astype(np.uint8)))
-        for i, rle in enumerate(rles):
-            rle["counts"] = rle["counts"].decode("utf-8")
-            rec = {"image_id": image_id}
-            if file_name is not None:
-                rec["file_name"] = file_name
-            rec.update(
-                category_id=int(dataset_ids[classes[i]]) if dataset_ids is not None else classes[i],
-                bbox=boxes[i],
-                score=scores[i],
-                mask_name=name,
-                segmentation=rle,
-            )
-            records.append(rec)
-    return records
 
 
 def prepare_image(cfg, image_bgr: np.ndarray) -> torch.Tensor:
