@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers the model, its heads and the builtin datasets)
 from multimask import add_multimask_config  # noqa: E402
 from multimask.utils.results_json import instances_to_coco_json  # noqa: E402
+from multimask.utils.labelme_export import instances_to_labelme  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import VisualizationDemo  # noqa: E402
@@ -93,6 +94,13 @@ def get_parser():
         help="write COCO-style results (one RLE per mask name per instance) of all inputs to FILE",
     )
     parser.add_argument(
+        "--labelme-output",
+        metavar="DIR",
+        help="write DIR/<image name>.json per input image: the --masks names of each object as "
+        "LabelMe polygons '<class>_<mask name>' sharing a group_id, to correct in LabelMe and load "
+        "with register_multimask_labelme_instances",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs to override"
     )
     return parser
@@ -138,6 +146,18 @@ def run_images(demo, args, logger, records):
             file_name=path,
             dataset_ids=_dataset_ids(demo.metadata),
         )
+        if args.labelme_output:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            classes = demo.metadata.get("thing_classes", None)
+            json_path = os.path.join(args.labelme_output, stem + ".json")
+            instances_to_labelme(
+                predictions,
+                path,
+                json_path,
+                classes,
+                demo.mask_names,
+                pred_mask_names=demo.pred_mask_names,
+            )
         if args.output:
             out = os.path.join(args.output, os.path.basename(path)) if as_dir else args.output
             if os.path.splitext(out)[1].lower() not in _IMAGE_EXTENSIONS:
@@ -206,6 +226,8 @@ def main(argv=None):
     logger.info("Arguments: " + str(args))
     if sum(bool(x) for x in (args.input, args.video_input, args.webcam)) != 1:
         raise ValueError("give exactly one of --input, --video-input, --webcam")
+    if args.labelme_output and not args.input:
+        raise ValueError("--labelme-output writes one file per image: use it with --input")
     cfg = setup_cfg(args)
     masks = [m.strip() for m in args.masks.split(",") if m.strip()]
     demo = VisualizationDemo(cfg, mask_names=masks or None, panels=args.panels, scale=args.scale)

@@ -1,4 +1,4 @@
-"""After training: drawing several named masks per instance, JSON results, TorchScript export."""
+"""After training: drawing several named masks per instance, JSON results, LabelMe, TorchScript."""
 
 from .export import (
     SCRIPTING_FIELDS,
@@ -9,6 +9,7 @@ from .export import (
     outputs_to_instances,
     prepare_image,
 )
+from .labelme_export import LABELME_VERSION, instances_to_labelme, mask_to_polygons
 from .results_json import (
     coco_records,
     encode_instances,
