@@ -32,7 +32,9 @@ from .mask_fields import MaskFields
 __all__ = [
     "AMODAL_FORMATS",
     "AMODAL_MASK_NAMES",
+    "KINS_CATEGORIES",
     "amodal_metadata",
+    "categories_metadata",
     "flatten_cocoa_regions",
     "load_amodal_json",
     "register_amodal_instances",
@@ -73,6 +75,25 @@ AMODAL_FORMATS: Dict[str, Dict[str, Any]] = {
 }
 
 COCOA_CATEGORIES = [{"id": 1, "name": "object"}]
+# The categories of the released KINS files (2019 and 2020), by id; id 3 is not used.
+KINS_CATEGORIES = [
+    {"id": 1, "name": "cyclist"},
+    {"id": 2, "name": "pedestrian"},
+    {"id": 4, "name": "car"},
+    {"id": 5, "name": "tram"},
+    {"id": 6, "name": "truck"},
+    {"id": 7, "name": "van"},
+    {"id": 8, "name": "misc"},
+]
+
+
+def categories_metadata(categories: List[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` as loading sets them (by id)."""
+    cats = sorted(categories, key=lambda c: c["id"])
+    return {
+        "thing_classes": [c["name"] for c in cats],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
+    }
 
 
 def flatten_cocoa_regions(coco: Mapping[str, Any], json_file: str) -> Dict[str, Any]:
@@ -183,8 +204,12 @@ def register_amodal_instances(
 def amodal_metadata(
     fmt: str, json_file: str, image_root: str, mask_fields: Optional[Mapping[str, str]] = None
 ) -> Dict[str, Any]:
-    """The metadata known before a dataset of format `fmt` is loaded (loading sets the classes)."""
+    """
+    The metadata known before a dataset of format `fmt` is loaded; loading sets the classes, which
+    are known before only for COCOA (one class, ``object``).
+    """
     fields = MaskFields(format_mask_fields(fmt, mask_fields))
+    classes = categories_metadata(COCOA_CATEGORIES) if fmt == "cocoa" else {}
     return {
         "json_file": json_file,
         "image_root": image_root,
@@ -192,4 +217,5 @@ def amodal_metadata(
         "mask_names": list(fields.names),
         "mask_fields": dict(fields.mask_fields),
         "amodal_format": fmt,
+        **classes,
     }

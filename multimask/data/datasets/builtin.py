@@ -26,7 +26,7 @@ from typing import Dict, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from .amodal import amodal_metadata, load_amodal_json
+from .amodal import KINS_CATEGORIES, amodal_metadata, categories_metadata, load_amodal_json
 from .synthetic import register_synthetic_dataset
 
 __all__ = ["BUILTIN_AMODAL_SPLITS", "BUILTIN_SYNTHETIC_SPLITS", "register_all_amodal"]
@@ -98,7 +98,10 @@ def register_all_amodal(root: str) -> None:
                 name, fmt, j, i, root
             ),
         )
-        MetadataCatalog.get(name).set(**amodal_metadata(fmt, json_file, image_root))
+        meta = amodal_metadata(fmt, json_file, image_root)
+        if fmt.startswith("kins"):  # the released files' classes, known before loading
+            meta.update(categories_metadata(KINS_CATEGORIES))
+        MetadataCatalog.get(name).set(**meta)
 
 
 def _register_all_synthetic() -> None:

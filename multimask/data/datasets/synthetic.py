@@ -331,7 +331,6 @@ def register_synthetic_dataset(
         thing_colors=[list(c) for c in _CLASS_COLORS],
         mask_names=list(SYNTHETIC_MASK_FIELDS),
         mask_fields=dict(SYNTHETIC_MASK_FIELDS),
-        json_file=None,
         image_root=os.path.join(root, name, "images"),
         evaluator_type=EVALUATOR_TYPE,
         synthetic_params=_params(num_images, seed, image_size),
