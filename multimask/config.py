@@ -63,8 +63,14 @@ def add_multimask_config(cfg: CN) -> None:
 
     _C.MULTIMASK = CN()
     # Minimum occlusion rate (1 - visible area / amodal area, or the dataset's own `occlude_rate`) of an
-    # instance to count in the `segm_<name>_occluded` evaluation subset.
+    # instance to count in the `segm_<name>_occluded` evaluation subset (rate >= it).
     _C.MULTIMASK.OCCLUDED_THRESHOLD = 0.1
+    # The papers' occlusion protocols: one `segm_<name>_occ<t>` subset (rate > t) per t in [0, 1);
+    # 0.15 / 0.25 / 0.4: VRSP, AISFormer, MAS-Net; 0.05: UOAIS. [] = none.
+    _C.MULTIMASK.OCCLUSION_THRESHOLDS = [0.05, 0.15, 0.25, 0.4]
+    # [whole, visible] mask names: occlusion rate = 1 - area(visible) / area(whole) when an annotation
+    # has no `occlude_rate`.
+    _C.MULTIMASK.OCCLUSION_MASKS = ["amodal", "visible"]
     # Python modules imported before the model and datasets are built (by train_net.py, or by
     # get_multimask_cfg), e.g. ["my_pkg.heads"]: they register heads, ROI heads or datasets that the config
     # then selects by name. A module's optional `add_config(cfg)` is called before the YAML is merged.

@@ -161,9 +161,9 @@ def predictions(seed=1):
 PREDICTIONS = predictions()
 
 
-def evaluate(backend, dataset="multimask_backends_test"):
+def evaluate(backend, dataset="multimask_backends_test", **kwargs):
     ev = MultiMaskCOCOEvaluator(
-        register(dataset), mask_names=NAMES, distributed=False, eval_backend=backend
+        register(dataset), mask_names=NAMES, distributed=False, eval_backend=backend, **kwargs
     )
     ev.process(*PREDICTIONS)
     return ev.evaluate()
@@ -201,6 +201,18 @@ def test_backend_matches_pycocotools(backend, reference):
     if backend not in available_backends():
         pytest.skip(f"{backend} is not installed here")
     assert_close(evaluate(backend), reference)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "pycocotools"])
+def test_backend_honours_protocols_and_max_dets(backend, reference):
+    """The papers' occlusion subsets and a detection limit of 2 per image and class, as well."""
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed here")
+    kwargs = dict(occlusion_thresholds=(0.15, 0.4), max_dets_per_image=2)
+    expected = evaluate("pycocotools", **kwargs)
+    assert expected["segm_amodal"]["AP"] < reference["segm_amodal"]["AP"] - 1  # the limit bites
+    assert 5 < expected["segm_amodal_occ0.4"]["AP"] < 95
+    assert_close(evaluate(backend, **kwargs), expected)
 
 
 def test_string_image_ids():

@@ -1,0 +1,156 @@
+"""
+The evaluation ground truth of ``MultiMaskCOCOEvaluator``: read once from the dataset dicts, then
+one in-memory COCO dataset per task, mask name and occluded subset.
+"""
+
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+import pycocotools.mask as mask_util
+
+from detectron2.structures import BoxMode
+
+from ..structures import segmentation_to_rle
+from .cocoeval_backend import SUBSET_IGNORE
+from .occlusion import OcclusionSubset, occlusion_rate
+
+__all__ = ["build_ground_truth", "coco_ground_truth"]
+
+logger = logging.getLogger(__name__)
+
+
+def _to_rle(segm: Any, height: int, width: int, where: str) -> dict:
+    """``segmentation_to_rle`` (polygons, RLE, derived masks), with errors naming `where`."""
+    try:
+        return segmentation_to_rle(segm, height, width)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def build_ground_truth(
+    dataset_name: str,
+    dicts: List[Dict[str, Any]],
+    classes: Sequence[str],
+    dataset_ids: Mapping[int, int],
+    mask_names: Set[str],
+    occlusion_masks: Tuple[str, str],
+) -> Dict[str, Any]:
+    """
+    Images, categories and, per annotation, box, RLE of each mask name and occlusion rate.
+
+    The COCO records number the images 1..N (``coco_ids`` maps the dataset's image_id to them):
+    the C++ backends need integer image ids, datasets may use strings.
+
+    Args:
+        dataset_name: named in log lines.
+        dicts: the dataset dicts.
+        classes: ``thing_classes``.
+        dataset_ids: contiguous class -> the dataset's category id.
+        mask_names: the masks to read (the evaluated ones and the occlusion masks).
+        occlusion_masks: (whole, visible), see ``occlusion_rate``.
+
+    Returns:
+        dict with "images", "categories", "annotations" (internal records) and "coco_ids".
+    """
+    categories = [{"id": dataset_ids[i], "name": c} for i, c in enumerate(classes)]
+    images, anns, coco_ids = [], [], {}
+    for d in dicts:
+        file_name = d.get("file_name", "<no file_name>")
+        if "image_id" not in d or "height" not in d or "width" not in d:
+            raise ValueError(f"dataset dict of {file_name} lacks image_id, height or width")
+        img_id, h, w = d["image_id"], int(d["height"]), int(d["width"])
+        if img_id in coco_ids:
+            raise ValueError(f"{file_name}: image_id {img_id} appears twice in the dataset")
+        coco_ids[img_id] = len(images) + 1
+        images.append({"id": coco_ids[img_id], "height": h, "width": w, "file_name": file_name})
+        for j, a in enumerate(d.get("annotations", [])):
+            where = f"{file_name} (image_id {img_id}, annotation {j})"
+            anns.append(
+                _annotation(
+                    a, coco_ids[img_id], (h, w), mask_names, dataset_ids, occlusion_masks, where
+                )
+            )
+    unknown = sum(a["occlusion"] is None for a in anns)
+    if anns and unknown == len(anns):
+        whole, visible = occlusion_masks
+        logger.warning(
+            f"'{dataset_name}': no instance has an occlude_rate or annotated '{whole}' and "
+            f"'{visible}' masks (the occlusion masks): every occluded subset is NaN. Set "
+            "MULTIMASK.OCCLUSION_MASKS to the dataset's [whole, visible] mask names."
+        )
+    elif unknown:
+        logger.info(f"'{dataset_name}': {unknown} of {len(anns)} instances have no occlusion rate")
+    return {"images": images, "categories": categories, "annotations": anns, "coco_ids": coco_ids}
+
+
+def _annotation(
+    a: Mapping[str, Any],
+    img_id: int,
+    size: Tuple[int, int],
+    mask_names: Set[str],
+    dataset_ids: Mapping[int, int],
+    occlusion_masks: Tuple[str, str],
+    where: str,
+) -> Dict[str, Any]:
+    if "bbox" not in a or "bbox_mode" not in a or "category_id" not in a:
+        raise ValueError(f"{where}: annotation lacks bbox, bbox_mode or category_id")
+    if a["category_id"] not in dataset_ids:
+        raise ValueError(f"{where}: category_id {a['category_id']} is not a contiguous id")
+    box = [float(v) for v in BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS)]
+    multimask = a.get("multimask") or {}
+    rles = {
+        n: _to_rle(multimask[n], *size, f"{where}, mask '{n}'")
+        for n in sorted(mask_names)
+        if multimask.get(n) is not None
+    }
+    areas = {n: float(mask_util.area(r)) for n, r in rles.items()}
+    segm = a.get("segmentation")  # COCO's box area ranges use the mask area when there is one
+    box_area = mask_util.area(_to_rle(segm, *size, where)) if segm else box[2] * box[3]
+    return {
+        "image_id": img_id,
+        "category_id": dataset_ids[a["category_id"]],
+        "bbox": box,
+        "iscrowd": int(a.get("iscrowd", 0)),
+        "box_area": float(box_area),
+        "rles": rles,
+        "areas": areas,
+        "occlusion": occlusion_rate(a, areas, occlusion_masks, where),
+        "size": size,
+    }
+
+
+def coco_ground_truth(
+    gt: Mapping[str, Any],
+    task: str,
+    name: Optional[str] = None,
+    subset: Optional[OcclusionSubset] = None,
+) -> Dict[str, list]:
+    """
+    The COCO dataset (images, categories, annotations) of ``bbox``, or of mask `name`.
+
+    For a mask: an instance whose mask is not annotated is a crowd region over its box (it absorbs
+    every detection inside it); one annotated empty is left out (no object of this mask); with a
+    `subset`, the instances outside it are flagged ``SUBSET_IGNORE``.
+
+    Args:
+        gt: ``build_ground_truth``'s result.
+        task: "bbox" or "segm".
+    """
+    anns = []
+    for a in gt["annotations"]:
+        rec = {k: a[k] for k in ("image_id", "category_id", "bbox", "iscrowd")}
+        if task == "bbox":
+            rec["area"] = a["box_area"]
+        elif name not in a["rles"]:
+            x, y, bw, bh = a["bbox"]
+            poly = [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
+            rec.update(iscrowd=1, area=bw * bh, segmentation=_to_rle(poly, *a["size"], ""))
+        elif a["areas"][name] == 0:
+            continue
+        else:
+            rec.update(area=a["areas"][name], segmentation=a["rles"][name])
+            if subset is not None and not rec["iscrowd"]:
+                rec[SUBSET_IGNORE] = not subset.contains(a["occlusion"])
+        rec["id"] = len(anns) + 1  # ids must be > 0: COCOeval uses 0 for "unmatched"
+        anns.append(rec)
+    return {"images": gt["images"], "categories": gt["categories"], "annotations": anns}
