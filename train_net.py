@@ -16,14 +16,12 @@ dotted overrides:
 """
 import logging
 
-import torch
-
 from detectron2.engine import create_ddp_model, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from multimask.config import get_multimask_cfg
+from multimask.config import fall_back_to_cpu, get_multimask_cfg
 from multimask.engine import (
     AtomicDetectionCheckpointer,
     MultiMaskTrainer,
@@ -40,10 +38,7 @@ logger = logging.getLogger("multimask")
 def setup(args):
     # imports MULTIMASK.CUSTOM_IMPORTS (and runs their add_config) before merging the file
     cfg = get_multimask_cfg(args.config_file, args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        # detectron2 would fail deep inside torch ("Found no NVIDIA driver"); the demo falls back too
-        logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: using cpu.")
-        cfg.MODEL.DEVICE = "cpu"
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

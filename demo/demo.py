@@ -11,23 +11,20 @@ Run a multimask model on images, a video or a webcam, and draw every predicted m
 import argparse
 import glob
 import json
-import logging
 import os
 import sys
 import time
 
 import cv2
-import torch
 import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers the model, its heads and the builtin datasets)
-from multimask import add_multimask_config  # noqa: E402
+from multimask.config import fall_back_to_cpu, get_multimask_cfg  # noqa: E402
 from multimask.utils.results_json import instances_to_coco_json  # noqa: E402
 from multimask.utils.labelme_export import instances_to_labelme  # noqa: E402
 
@@ -41,15 +38,10 @@ _VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "x264"}
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_multimask_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # as train_net.py: MULTIMASK.CUSTOM_IMPORTS (a user's head) imported before the file is merged
+    cfg = get_multimask_cfg(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        # detectron2's default device is cuda; on a machine without one, run rather than fail
-        logging.getLogger("multimask").warning("CUDA is not available: running on the CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     return cfg
 
@@ -129,7 +121,8 @@ def _dataset_ids(metadata):
     return [inverse[i] for i in range(len(inverse))]
 
 
-def run_images(demo, args, logger, records):
+def run_images(demo, args, logger, records=None):
+    """Predict and draw every --input image; append its results to `records` unless None."""
     paths = _expand_inputs(args.input)
     as_dir = args.output and _is_dir_output(args.output, len(paths))
     if as_dir:
@@ -139,13 +132,14 @@ def run_images(demo, args, logger, records):
         start = time.time()
         predictions, drawing = demo.run_on_image(img)
         logger.info(f"{path}: detected {len(predictions)} instances in {time.time() - start:.2f}s")
-        records += instances_to_coco_json(
-            predictions,
-            idx,
-            demo.pred_mask_names,
-            file_name=path,
-            dataset_ids=_dataset_ids(demo.metadata),
-        )
+        if records is not None:
+            records += instances_to_coco_json(
+                predictions,
+                idx,
+                demo.pred_mask_names,
+                file_name=path,
+                dataset_ids=_dataset_ids(demo.metadata),
+            )
         if args.labelme_output:
             stem = os.path.splitext(os.path.basename(path))[0]
             classes = demo.metadata.get("thing_classes", None)
@@ -182,7 +176,8 @@ def _open_writer(path, fps, frame_shape):
     return writer
 
 
-def run_video(demo, args, logger, records):
+def run_video(demo, args, logger, records=None):
+    """Predict and draw every frame; append its results to `records` unless None."""
     if args.webcam:
         video, source = cv2.VideoCapture(0), "webcam"
     else:
@@ -198,9 +193,10 @@ def run_video(demo, args, logger, records):
             out = os.path.join(out, os.path.splitext(os.path.basename(source))[0] + ".mp4")
     dataset_ids = _dataset_ids(demo.metadata)
     for idx, (predictions, drawing) in enumerate(tqdm.tqdm(demo.run_on_video(video))):
-        records += instances_to_coco_json(
-            predictions, idx, demo.pred_mask_names, file_name=source, dataset_ids=dataset_ids
-        )
+        if records is not None:
+            records += instances_to_coco_json(
+                predictions, idx, demo.pred_mask_names, file_name=source, dataset_ids=dataset_ids
+            )
         if out:
             if writer is None:  # panels make frames wider than the video: size from the first one
                 writer = _open_writer(out, fps, drawing.shape)
@@ -231,7 +227,9 @@ def main(argv=None):
     cfg = setup_cfg(args)
     masks = [m.strip() for m in args.masks.split(",") if m.strip()]
     demo = VisualizationDemo(cfg, mask_names=masks or None, panels=args.panels, scale=args.scale)
-    records = []
+    # Results are kept only to be written: without --json-output a long video or the webcam
+    # would otherwise grow this list without bound.
+    records = [] if args.json_output else None
     if args.input:
         run_images(demo, args, logger, records)
     else:

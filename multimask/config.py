@@ -8,6 +8,8 @@ import logging
 from types import ModuleType
 from typing import Any, List, Sequence, Tuple
 
+import torch
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -239,10 +241,21 @@ def import_custom_modules(cfg: Any) -> List[ModuleType]:
     return import_modules(list(spec), key="custom_imports")
 
 
+def fall_back_to_cpu(cfg: CN) -> None:
+    """
+    Set ``MODEL.DEVICE`` to "cpu", with a warning, when it names CUDA and CUDA is not available:
+    detectron2's default device is cuda, and it would fail deep inside torch ("Found no NVIDIA
+    driver"). Every entry point (train_net.py, the demo and the tools) calls it on an unfrozen cfg.
+    """
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but CUDA is not available: using cpu.")
+        cfg.MODEL.DEVICE = "cpu"
+
+
 def get_multimask_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     """
     detectron2's ``get_cfg()`` with multimask's keys, the custom modules imported, then the file and opts
-    merged: what ``train_net.py`` runs. Order:
+    merged: what ``train_net.py``, ``demo/demo.py`` and the tools run. Order:
 
     1. ``add_multimask_config``;
     2. read ``MULTIMASK.CUSTOM_IMPORTS`` from the file (``_BASE_`` included) and opts, import the

@@ -1,13 +1,21 @@
+import importlib.util
 import logging
+import os
 import textwrap
 
+import cv2
+import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 import train_net
 from multimask.config import get_multimask_cfg, import_custom_modules, read_custom_imports
+from multimask.data import register_synthetic_dataset
 
 from .common import REPO_ROOT
 
@@ -142,3 +150,64 @@ def test_import_custom_modules_for_yaml_and_lazy_configs(user_package):
 def test_bad_custom_imports_value(user_package):
     with pytest.raises(ValueError, match="must be a list of module names"):
         read_custom_imports("", ["MULTIMASK.CUSTOM_IMPORTS", "my_pkg.heads"])
+
+
+def _load_script(*parts):
+    spec = importlib.util.spec_from_file_location(parts[-1][:-3], os.path.join(REPO_ROOT, *parts))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def user_weights(user_package):
+    """Random-init weights of child.yaml's model (its head is UserScaledMaskHead)."""
+    cfg = get_multimask_cfg(str(user_package / "child.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert type(model.roi_heads.mask_head).__name__ == "UserScaledMaskHead"
+    DetectionCheckpointer(model, save_dir=str(user_package)).save("user_model")
+    return str(user_package / "user_model.pth")
+
+
+def test_demo_builds_the_config_like_train_net(user_package, user_weights, monkeypatch):
+    demo = _load_script("demo", "demo.py")
+    heads = []
+    init = demo.VisualizationDemo.__init__
+
+    def spy(self, cfg, **kwargs):
+        init(self, cfg, **kwargs)
+        heads.append(self.predictor.model.roi_heads.mask_head)
+
+    monkeypatch.setattr(demo.VisualizationDemo, "__init__", spy)
+    image = str(user_package / "image.png")
+    cv2.imwrite(image, np.random.RandomState(0).randint(0, 256, (96, 96, 3), dtype=np.uint8))
+    out = user_package / "drawn.png"
+    demo.main(
+        ["--config-file", str(user_package / "child.yaml"), "--input", image, "--output", str(out)]
+        + ["--opts", "MODEL.WEIGHTS", user_weights]
+    )
+    assert os.path.isfile(out)
+    assert type(heads[0]).__name__ == "UserScaledMaskHead" and heads[0].logit_scale == 2.5
+
+
+def test_export_tool_builds_the_config_like_train_net(user_package, user_weights):
+    tool = _load_script("tools", "export_model.py")
+    args = ["--config-file", str(user_package / "child.yaml"), "--export-method", "tracing"]
+    args += ["--output", str(user_package / "export"), "MODEL.WEIGHTS", user_weights]
+    # raises unless the traced file gives what the eager user head gives
+    assert tool.main(args) == str(user_package / "export" / "model.ts")
+    assert tool.setup_cfg(tool.get_parser().parse_args(args)).USER_HEAD.LOGIT_SCALE == 2.5
+
+
+def test_visualize_data_builds_the_config_like_train_net(user_package):
+    tool = _load_script("tools", "visualize_data.py")
+    name = "mm_test_custom_imports_vis"
+    if name not in DatasetCatalog.list():
+        register_synthetic_dataset(name, 2, seed=3, image_size=96, root=str(user_package / "d"))
+    args = ["--config-file", str(user_package / "child.yaml"), "--dataset", name]
+    args += ["--output-dir", str(user_package / "vis"), "--num-images", "1"]
+    for source in ("annotation", "dataloader"):
+        written = tool.main(args + ["--source", source])
+        assert len(written) == 1 and os.path.isfile(written[0])
+    assert tool.setup(tool.parse_args(args)).USER_HEAD.LOGIT_SCALE == 2.5

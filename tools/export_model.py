@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
@@ -33,7 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers MultiMaskRCNN and its heads)
-from multimask import add_multimask_config  # noqa: E402
+from multimask.config import fall_back_to_cpu, get_multimask_cfg  # noqa: E402
 from multimask.utils.export import (  # noqa: E402
     TRACED_OUTPUT_NAMES,
     ExportableMultiMaskRCNN,
@@ -46,14 +45,9 @@ logger = logging.getLogger("multimask.export_model")
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_multimask_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        # detectron2's default device is cuda; on a machine without one, run rather than fail
-        logging.getLogger("multimask").warning("CUDA is not available: running on the CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    # as train_net.py: MULTIMASK.CUSTOM_IMPORTS (a user's head) imported before the file is merged
+    cfg = get_multimask_cfg(args.config_file, args.opts)
+    fall_back_to_cpu(cfg)
     cfg.freeze()
     return cfg
 

@@ -22,7 +22,6 @@ import sys
 
 import cv2
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
@@ -30,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers the builtin datasets)
-from multimask import add_multimask_config  # noqa: E402
+from multimask.config import get_multimask_cfg  # noqa: E402
 from multimask.data import MultiMaskDatasetMapper  # noqa: E402
 from multimask.utils import MultiMaskVisualizer, auto_scale, draw_panels  # noqa: E402
 
@@ -38,11 +37,8 @@ logger = logging.getLogger("multimask.visualize_data")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_multimask_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    # as train_net.py: MULTIMASK.CUSTOM_IMPORTS (a user's datasets, head) imported before merging
+    cfg = get_multimask_cfg(args.config_file, args.opts)
     if args.dataset:
         cfg.DATASETS.TRAIN = tuple(args.dataset)
     cfg.DATALOADER.NUM_WORKERS = 0
