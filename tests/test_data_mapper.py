@@ -1,16 +1,19 @@
 """MultiMaskDatasetMapper: every mask follows the image through flip / resize / crop."""
 
+import os
 import uuid
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from iopath.common.file_io import PathHandler
 
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 from detectron2.structures.masks import polygons_to_bitmask
+from detectron2.utils.file_io import PathManager
 
 from multimask import add_multimask_config
 from multimask.data import MultiMaskDatasetMapper, register_multimask_coco_instances
@@ -253,6 +256,38 @@ def test_missing_or_unreadable_image_names_file_and_id(tmp_path):
         f.write(b"\x89PNG not really")
     with pytest.raises(ValueError, match=r"image id 42: cannot read image file .*corrupt\.png"):
         mapper([])(dataset_dict(corrupt, []))
+
+
+class _FolderHandler(PathHandler):
+    """An iopath handler of ``mmtest-images://<name>``: files of one folder, as a remote store."""
+
+    PREFIX = "mmtest-images://"
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def _get_supported_prefixes(self):
+        return [self.PREFIX]
+
+    def _get_local_path(self, path, **kwargs):
+        return os.path.join(self.root, path[len(self.PREFIX) :])
+
+    def _open(self, path, mode="r", **kwargs):
+        return open(self._get_local_path(path), mode)
+
+
+def test_image_uris_are_read_through_the_path_manager(image_file):
+    """A file name may be any URI detectron2's read_image (iopath's PathManager) can open."""
+    PathManager.register_handler(_FolderHandler(os.path.dirname(image_file)), allow_override=True)
+    uri = _FolderHandler.PREFIX + os.path.basename(image_file)
+    out = mapper([])(dataset_dict(uri, [annotation()]))
+    assert np.array_equal(out["image"].permute(1, 2, 0).numpy(), cv2.imread(image_file))
+    assert len(out["instances"]) == 1
+    with pytest.raises(
+        FileNotFoundError, match=r"image id 42: image file mmtest-images://gone\.png does not exist"
+    ):
+        mapper([])(dataset_dict(_FolderHandler.PREFIX + "gone.png", []))
 
 
 def test_rle_of_wrong_size_at_map_time_names_the_image(image_file):

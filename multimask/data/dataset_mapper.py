@@ -1,7 +1,6 @@
 """``MultiMaskDatasetMapper``: detectron2's DatasetMapper for annotations with several masks."""
 
 import logging
-import os
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -104,10 +103,14 @@ class MultiMaskDatasetMapper:
     def _read_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
         file_name = dataset_dict["file_name"]
         image_id = dataset_dict.get("image_id")
-        if not os.path.isfile(file_name):
-            raise FileNotFoundError(f"image id {image_id}: image file {file_name} does not exist")
+        # read_image opens through iopath's PathManager, so a file name may be any URI it has a
+        # handler for; a missing one raises FileNotFoundError from there, as a local file does
         try:
             image = utils.read_image(file_name, format=self.image_format)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"image id {image_id}: image file {file_name} does not exist"
+            ) from e
         except Exception as e:  # PIL raises several types for corrupt or truncated files
             raise ValueError(f"image id {image_id}: cannot read image file {file_name}: {e}") from e
         utils.check_image_size(dataset_dict, image)

@@ -4,10 +4,13 @@ files that are not checkpoints or hold the weights of another model."""
 
 import os
 from typing import Any, Dict, List, Optional
+from urllib.parse import urlparse
 
 import torch
+import torch.distributed as dist
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils import comm
 
 __all__ = ["AtomicDetectionCheckpointer"]
 
@@ -39,16 +42,39 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         self._loading: Optional[str] = None
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-        if path and "://" not in path and not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        # DetectionCheckpointer reads a query (``model.pth?matching_heuristics=True``) as options:
+        # it is not part of the file name. A URI is fetched by the path manager.
+        local = urlparse(path)._replace(query="").geturl() if path else ""
+        missing_here = bool(local) and "://" not in local and not os.path.isfile(local)
+        missing = comm.all_gather(missing_here) if comm.get_world_size() > 1 else [missing_here]
+        synced = len(missing) > 1 and any(missing)
+        if synced:
+            # detectron2's rule (DetectionCheckpointer applies it to a DDP model, which fvcore's
+            # Checkpointer has already unwrapped): the main worker must have the file; the others
+            # get the model's weights from it
+            if missing[0]:
+                raise FileNotFoundError(f"checkpoint {local} not found on the main worker")
+            if missing_here:
+                self.logger.warning(
+                    f"checkpoint {local} not found on worker {comm.get_rank()}: it takes the "
+                    "model weights from the main worker (not the optimizer or iteration, so a "
+                    "--resume may not continue exactly)."
+                )
+                path = ""
+        elif missing_here:  # fvcore would fail with an AssertionError
+            raise FileNotFoundError(f"checkpoint {local} does not exist (MODEL.WEIGHTS {path})")
         self._loading = path
         try:
-            return super().load(path, *args, **kwargs)
+            ret = super().load(path, *args, **kwargs)
         finally:
             self._loading = None
             # DetectionCheckpointer resets it only after a successful load, and asserts it is unset
             # when a load starts: without this, one failed load would make every later one fail
             self._parsed_url_during_load = None
+        if synced:
+            for tensor in self.model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        return ret
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
         try:
