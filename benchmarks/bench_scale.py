@@ -379,7 +379,9 @@ def summary_rows(results: Dict) -> List[List[Any]]:
                  _status(c["ratio_cpu"], t)]
             )  # fmt: skip
     e = results.get("eval", {})
-    ratio = next((v for k, v in e.items() if "ratio" in k and isinstance(v, (int, float))), None)
+    # measure_eval's ratio_wall (evaluate() over detectron2's COCOEvaluator pass), else any ratio
+    ratios = {k: v for k, v in e.items() if "ratio" in k and isinstance(v, (int, float))}
+    ratio = ratios.get("ratio_wall", next(iter(ratios.values()), None))
     rows.append(
         ["eval time, ours / detectron2 COCOEvaluator", "", "",
          "skipped" if ratio is None else ratio, f"<= {TARGETS['eval']}",
