@@ -12,6 +12,7 @@ import torch
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+from detectron2.utils.logger import log_first_n
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ def add_multimask_config(cfg: CN) -> None:
     # Names of the K masks, in prediction order; must have NUM_MASK unique entries,
     # e.g. ["amodal", "visible"] or ["amodal", "visible", "occluded"].
     _C.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES = ["primary", "secondary"]
+    # Keys NUM_CONV ... CLS_AGNOSTIC_MASK repeat ROI_MASK_HEAD's: left at the default below, each
+    # takes MODEL.ROI_MASK_HEAD's value when that is set (see multi_mask_head_cfg).
     # Number of 3x3 convs (stride 1) on the pooled ROI features before upsampling.
     _C.MODEL.ROI_MULTI_MASK_HEAD.NUM_CONV = 4
     # Channels of those convs (and of the 2x deconv).
@@ -84,6 +87,46 @@ def add_multimask_config(cfg: CN) -> None:
     _C.MULTIMASK.VAL_LOSS_MAX_IMAGES = 64
 
 
+# Keys of ROI_MULTI_MASK_HEAD that repeat ROI_MASK_HEAD's. One left at multimask's default takes
+# ROI_MASK_HEAD's value where that differs from detectron2's default, so a config that _BASE_s a GN
+# or class-agnostic Mask R-CNN builds the multi-mask head the same way.
+INHERITED_MASK_HEAD_KEYS = (
+    "NUM_CONV",
+    "CONV_DIM",
+    "NORM",
+    "POOLER_RESOLUTION",
+    "POOLER_SAMPLING_RATIO",
+    "POOLER_TYPE",
+    "CLS_AGNOSTIC_MASK",
+)
+
+
+def multi_mask_head_cfg(cfg: CN) -> CN:
+    """
+    ``cfg.MODEL.ROI_MULTI_MASK_HEAD`` as the head is built from it: a copy in which each key of
+    ``INHERITED_MASK_HEAD_KEYS`` left at multimask's default takes ``MODEL.ROI_MASK_HEAD``'s value,
+    when that one is not detectron2's default (logged once, naming both keys).
+    """
+    defaults = get_cfg()
+    add_multimask_config(defaults)
+    head = cfg.MODEL.ROI_MULTI_MASK_HEAD.clone()
+    head.defrost()
+    for key in INHERITED_MASK_HEAD_KEYS:
+        single = cfg.MODEL.ROI_MASK_HEAD.get(key)
+        if head[key] == defaults.MODEL.ROI_MULTI_MASK_HEAD[key] and (
+            single != defaults.MODEL.ROI_MASK_HEAD[key]
+        ):
+            log_first_n(
+                logging.INFO,
+                f"MODEL.ROI_MULTI_MASK_HEAD.{key} is left at its default: using "
+                f"MODEL.ROI_MASK_HEAD.{key} = {single!r}",
+                key="message",
+                name=__name__,
+            )
+            head[key] = single
+    return head
+
+
 def primary_mask_name(cfg: CN) -> str:
     """The PRIMARY mask name of a config: ROI_MULTI_MASK_HEAD.PRIMARY, or the first of MASK_NAMES."""
     head = cfg.MODEL.ROI_MULTI_MASK_HEAD
@@ -96,7 +139,7 @@ def check_multimask_config(cfg: CN) -> None:
 
     Called when the head is built, so every entry point (train_net.py, DefaultPredictor, tests) is covered.
     """
-    head = cfg.MODEL.ROI_MULTI_MASK_HEAD
+    head = multi_mask_head_cfg(cfg)
     names: List[str] = list(head.MASK_NAMES)
     prefix = "MODEL.ROI_MULTI_MASK_HEAD"
     if head.NUM_MASK < 1:

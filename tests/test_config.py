@@ -1,13 +1,20 @@
 import pytest
+from torch import nn
 from yacs.config import CfgNode
 
 from detectron2.config import get_cfg
+from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 
 from multimask import add_multimask_config
-from multimask.config import check_multimask_config, primary_mask_name
+from multimask.config import (
+    check_multimask_config,
+    get_multimask_cfg,
+    multi_mask_head_cfg,
+    primary_mask_name,
+)
 
-from .common import get_tiny_config
+from .common import REPO_ROOT, get_tiny_config
 
 
 def test_defaults():
@@ -71,3 +78,40 @@ def test_primary_name():
     check_multimask_config(cfg)
     assert primary_mask_name(cfg) == "visible"
     assert isinstance(cfg.MODEL.ROI_MULTI_MASK_HEAD, CfgNode)
+
+
+def test_mask_head_keys_of_a_based_mask_rcnn_config_are_inherited(tmp_path):
+    """A GN, class-agnostic Mask R-CNN setting in a _BASE_ file: the multi-mask head follows it."""
+    (tmp_path / "gn_agnostic_mask_rcnn.yaml").write_text(
+        f'_BASE_: "{REPO_ROOT}/configs/Base-MultiMask-RCNN-FPN.yaml"\n'
+        "MODEL:\n  ROI_MASK_HEAD:\n    NORM: GN\n    CLS_AGNOSTIC_MASK: True\n"
+        "    POOLER_RESOLUTION: 7\n    CONV_DIM: 32\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        '_BASE_: "gn_agnostic_mask_rcnn.yaml"\n'
+        "MODEL:\n  DEVICE: cpu\n  ROI_MULTI_MASK_HEAD:\n    NUM_CONV: 2\n    POOLER_TYPE: ROIAlign\n"
+    )
+    cfg = get_multimask_cfg(str(tmp_path / "child.yaml"))
+    head = multi_mask_head_cfg(cfg)
+    assert (head.NORM, head.CLS_AGNOSTIC_MASK, head.POOLER_RESOLUTION, head.CONV_DIM) == (
+        "GN",
+        True,
+        7,
+        32,
+    )
+    assert (head.NUM_CONV, head.POOLER_TYPE) == (2, "ROIAlign")  # set for the multi-mask head
+    roi_heads = build_model(cfg).roi_heads
+    convs = [m for m in roi_heads.mask_head.trunk if isinstance(m, Conv2d)]
+    assert len(convs) == 2 and all(isinstance(c.norm, nn.GroupNorm) for c in convs)
+    assert convs[0].out_channels == 32
+    assert all(t.predictor.out_channels == 1 for t in roi_heads.mask_head.towers.values())
+    pooler = roi_heads.mask_pooler
+    assert pooler.output_size == (7, 7) and not pooler.level_poolers[0].aligned
+
+    # the multi-mask key, when set, wins; ROI_MASK_HEAD at detectron2's defaults changes nothing
+    cfg = get_multimask_cfg(
+        str(tmp_path / "child.yaml"), ["MODEL.ROI_MULTI_MASK_HEAD.NORM", "BN"]
+    )
+    assert multi_mask_head_cfg(cfg).NORM == "BN"
+    plain = get_tiny_config()
+    assert multi_mask_head_cfg(plain) == plain.MODEL.ROI_MULTI_MASK_HEAD

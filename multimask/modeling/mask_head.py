@@ -14,7 +14,7 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, Base
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from ..config import check_multimask_config, primary_mask_name
+from ..config import check_multimask_config, multi_mask_head_cfg, primary_mask_name
 from .relations import parse_relations, relation_losses
 
 __all__ = [
@@ -257,7 +257,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
     def from_config(cls, cfg, input_shape):
         check_multimask_config(cfg)
         ret = super().from_config(cfg, input_shape)
-        head = cfg.MODEL.ROI_MULTI_MASK_HEAD
+        head = multi_mask_head_cfg(cfg)  # with the keys it inherits from ROI_MASK_HEAD
         ret.update(
             input_shape=input_shape,
             num_classes=0 if head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,

@@ -5,7 +5,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from ..config import check_multimask_config
+from ..config import check_multimask_config, multi_mask_head_cfg
 from .mask_head import build_multi_mask_head
 
 __all__ = ["MultiMaskROIHeads"]
@@ -15,8 +15,9 @@ __all__ = ["MultiMaskROIHeads"]
 class MultiMaskROIHeads(StandardROIHeads):
     """
     detectron2's StandardROIHeads with a multi-mask head. Box and keypoint branches are unchanged; the mask
-    pooler and head read ``MODEL.ROI_MULTI_MASK_HEAD`` instead of ``MODEL.ROI_MASK_HEAD``. The mask branch
-    is built when ``MODEL.MASK_ON`` is true.
+    pooler and head read ``MODEL.ROI_MULTI_MASK_HEAD`` (whose keys left at their defaults take
+    ``MODEL.ROI_MASK_HEAD``'s values, see ``multi_mask_head_cfg``). The mask branch is built when
+    ``MODEL.MASK_ON`` is true.
     """
 
     # detectron2's export patch marks these Final on StandardROIHeads only, and TorchScript reads a
@@ -29,7 +30,7 @@ class MultiMaskROIHeads(StandardROIHeads):
         if not cfg.MODEL.MASK_ON:
             return {}
         check_multimask_config(cfg)
-        head_cfg = cfg.MODEL.ROI_MULTI_MASK_HEAD
+        head_cfg = multi_mask_head_cfg(cfg)  # with the keys it inherits from ROI_MASK_HEAD
         in_features = cfg.MODEL.ROI_HEADS.IN_FEATURES
         resolution = head_cfg.POOLER_RESOLUTION
         channels = {input_shape[f].channels for f in in_features}
