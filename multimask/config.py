@@ -65,6 +65,22 @@ def add_multimask_config(cfg: CN) -> None:
     # ["difference", C, B, A, weight] (C = B - A), e.g. [["containment", "visible", "amodal", 0.1]].
     # [] = none. See multimask/modeling/relations.py.
     _C.MODEL.ROI_MULTI_MASK_HEAD.RELATIONS = []
+    # Feature flow between the masks' branches: [source, target] pairs, e.g. [["visible", "amodal"]];
+    # the source tower's last conv features are concatenated to the target tower's input. Needs
+    # SHARED_CONVS in [0, NUM_CONV - 1]. [] = none. See multimask/modeling/conv_head.py.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.FLOW = []
+    # Constraints enforced on the predicted probabilities at inference: ["contains", OUTER, INNER]
+    # (OUTER = max(OUTER, INNER)) and ["difference", C, B, A] (C = clamp(B - A, 0)), applied in order.
+    # [] = none. See multimask/modeling/constraints.py.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.CONSTRAINTS = []
+    # Mask Scoring R-CNN: a MaskIoU branch predicts each scored mask's IoU with its ground truth, and
+    # the detection scores are multiplied by it at inference. See multimask/modeling/maskiou.py.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_ON = False
+    # Weight of loss_maskiou.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_WEIGHT = 1.0
+    # Names of the masks the MaskIoU branch scores (the score is multiplied by their mean predicted
+    # IoU); [] = the PRIMARY mask.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_MASKS = []
 
     _C.MULTIMASK = CN()
     # Minimum occlusion rate (1 - visible area / amodal area, or the dataset's own `occlude_rate`) of an

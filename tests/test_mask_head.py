@@ -9,8 +9,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from multimask import MultiMasks
-from multimask.modeling import build_multi_mask_head, mask_head
-from multimask.modeling.mask_head import multi_mask_rcnn_loss
+from multimask.modeling import base_head, build_multi_mask_head
+from multimask.modeling.base_head import multi_mask_rcnn_loss
 
 from .common import get_tiny_config
 
@@ -248,7 +248,7 @@ def _count_syncs(monkeypatch, filename: str) -> list:
 
 
 def test_loss_makes_one_host_transfer(monkeypatch):
-    calls = _count_syncs(monkeypatch, mask_head.__file__)
+    calls = _count_syncs(monkeypatch, base_head.__file__)
     logits, batch = _partly_annotated_batch()
     with EventStorage():
         multi_mask_rcnn_loss(logits, batch, NAMES3, (1.0,) * 3)

@@ -6,7 +6,7 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from ..config import check_multimask_config, multi_mask_head_cfg
-from .mask_head import build_multi_mask_head
+from .base_head import build_multi_mask_head
 
 __all__ = ["MultiMaskROIHeads"]
 

@@ -52,7 +52,7 @@ SCRIPTING_FIELDS = {
     "pred_multimasks": torch.Tensor,
 }
 # Modules whose `len()` calls are patched while tracing (see export_tracing).
-TRACING_LEN_MODULES = ["multimask.modeling.mask_head"]
+TRACING_LEN_MODULES = ["multimask.modeling.base_head", "multimask.modeling.conv_head"]
 # TracingAdapter flattens the output dict in sorted key order.
 TRACED_OUTPUT_NAMES = ("pred_boxes", "pred_classes", "pred_masks", "pred_multimasks", "scores")
 
