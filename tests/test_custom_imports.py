@@ -11,11 +11,16 @@ from omegaconf import OmegaConf
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 import train_net
 from multimask.config import get_multimask_cfg, import_custom_modules, read_custom_imports
+from multimask import MultiMasks
 from multimask.data import register_synthetic_dataset
+from multimask.modeling import build_multi_mask_head
 
 from .common import REPO_ROOT
 
@@ -34,6 +39,7 @@ from multimask.modeling import MultiMaskRCNNConvUpsampleHead
 def add_config(cfg):
     cfg.USER_HEAD = CN()
     cfg.USER_HEAD.LOGIT_SCALE = 1.0
+    cfg.USER_HEAD.DIM = 8
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -51,6 +57,31 @@ class UserScaledMaskHead(MultiMaskRCNNConvUpsampleHead):
 
     def layers(self, x):
         return super().layers(x) * self.logit_scale
+
+
+# A head written from scratch on the head API: layers only, ~20 lines.
+from torch import nn
+from detectron2.layers import Conv2d
+from multimask.modeling import BaseMultiMaskHead
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class UserTinyMaskHead(BaseMultiMaskHead):
+    @configurable
+    def __init__(self, input_shape, *, dim, **kwargs):
+        super().__init__(input_shape, **kwargs)
+        k, c = len(self.mask_names), self.num_mask_channels
+        self.conv = Conv2d(input_shape.channels, dim, 3, padding=1, activation=nn.ReLU())
+        self.up = nn.ConvTranspose2d(dim, dim, 2, stride=2)
+        self.predictor = Conv2d(dim, k * c, 1)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {**super().from_config(cfg, input_shape), "dim": cfg.USER_HEAD.DIM}
+
+    def layers(self, x):
+        y = self.predictor(nn.functional.relu(self.up(self.conv(x))))
+        return y.view(y.shape[0], len(self.mask_names), -1, *y.shape[2:])
 '''
 
 
@@ -211,3 +242,45 @@ def test_visualize_data_builds_the_config_like_train_net(user_package):
         written = tool.main(args + ["--source", source])
         assert len(written) == 1 and os.path.isfile(written[0])
     assert tool.setup(tool.parse_args(args)).USER_HEAD.LOGIT_SCALE == 2.5
+
+
+def test_user_head_on_the_head_api_trains_and_predicts(user_package):
+    names = ["amodal", "visible"]
+    opts = ["MULTIMASK.CUSTOM_IMPORTS", f"['{MODULE}']", "MODEL.ROI_MULTI_MASK_HEAD.NAME", "UserTinyMaskHead"]
+    opts += ["MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK", "2", "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES", str(names)]
+    opts += ["MODEL.ROI_MULTI_MASK_HEAD.RELATIONS", "[['containment', 'visible', 'amodal', 0.5]]"]
+    opts += ["MODEL.ROI_HEADS.NUM_CLASSES", "3"]
+    cfg = get_multimask_cfg("", opts)
+    torch.manual_seed(0)
+    head = build_multi_mask_head(cfg, ShapeSpec(channels=4, height=7, width=7))
+    assert type(head).__name__ == "UserTinyMaskHead"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 7, 7, generator=g)
+
+    def proposals(flip_missing=False):
+        inst = Instances((32, 32))
+        inst.proposal_boxes = Boxes(torch.tensor([[2.0, 2, 20, 20], [5, 5, 30, 25], [0, 0, 31, 31]]))
+        inst.gt_classes = torch.tensor([0, 2, 1])
+        masks = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(1)) > 0.5
+        annotated = torch.tensor([[1, 1], [1, 0], [1, 1]], dtype=torch.bool)
+        if flip_missing:  # only the visible mask of ROI 1, which is not annotated
+            masks[1, 1] = ~masks[1, 1]
+        inst.gt_multimask = MultiMasks(masks, names, annotated)
+        return inst
+
+    with EventStorage():
+        losses = head(x, [proposals()])
+        other = head(x, [proposals(flip_missing=True)])
+    assert set(losses) == {"loss_mask_amodal", "loss_mask_visible", "loss_rel_containment_visible_amodal"}
+    assert all(torch.equal(losses[k], other[k]) for k in losses)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+    head.eval()
+    det = Instances((32, 32))
+    det.pred_boxes = Boxes(torch.tensor([[0.0, 0, 10, 10]] * 3))
+    det.pred_classes = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        out = head(x, [det])[0]
+    assert out.pred_multimasks.shape == (3, 2, 14, 14) and out.pred_masks.shape == (3, 1, 14, 14)
+    assert torch.equal(out.pred_masks[:, 0], out.pred_multimasks[:, 0])
