@@ -151,7 +151,8 @@ def primary_mask_name(cfg: CN) -> str:
 
 def check_multimask_config(cfg: CN) -> None:
     """
-    Raise ValueError with a clear message if the ROI_MULTI_MASK_HEAD keys are inconsistent.
+    Raise ValueError with a clear message if the ROI_MULTI_MASK_HEAD keys are inconsistent, or if
+    test-time augmentation (TEST.AUG.ENABLED), which would drop all masks but one, is on.
 
     Called when the head is built, so every entry point (train_net.py, DefaultPredictor, tests) is covered.
     """
@@ -185,6 +186,14 @@ def check_multimask_config(cfg: CN) -> None:
         )
     if head.PRIMARY and head.PRIMARY not in names:
         raise ValueError(f"{prefix}.PRIMARY={head.PRIMARY!r} is not one of MASK_NAMES {names}.")
+    if cfg.TEST.AUG.ENABLED:
+        # GeneralizedRCNNWithTTA merges the augmented predictions of pred_masks only: it would
+        # return instances without pred_multimasks
+        raise ValueError(
+            "TEST.AUG.ENABLED: test-time augmentation (detectron2's GeneralizedRCNNWithTTA) merges "
+            "pred_masks only and would drop pred_multimasks; multimask does not support it. Set "
+            "TEST.AUG.ENABLED False."
+        )
     # imported here: multimask.modeling imports this module
     from .modeling.relations import parse_relations
 

@@ -115,3 +115,11 @@ def test_mask_head_keys_of_a_based_mask_rcnn_config_are_inherited(tmp_path):
     assert multi_mask_head_cfg(cfg).NORM == "BN"
     plain = get_tiny_config()
     assert multi_mask_head_cfg(plain) == plain.MODEL.ROI_MULTI_MASK_HEAD
+
+
+def test_test_time_augmentation_is_refused_clearly():
+    """detectron2's GeneralizedRCNNWithTTA would return instances without pred_multimasks."""
+    cfg = get_tiny_config()
+    cfg.TEST.AUG.ENABLED = True
+    with pytest.raises(ValueError, match="TEST.AUG.ENABLED: .* would drop pred_multimasks"):
+        build_model(cfg)

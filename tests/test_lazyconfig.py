@@ -170,3 +170,41 @@ def test_gradient_clipping_as_in_the_yaml():
     lazy.train.clip_gradients = dict(enabled=True, clip_value=1.0, max_norm=2.0)
     with pytest.raises(ValueError, match=r"unknown keys \['max_norm'\]"):
         _with_gradient_clipping(plain, lazy)
+
+
+def test_lazy_resume_reproduces_the_uninterrupted_run(tiny_datasets, tmp_path):
+    """As the YAML path: data position and RNG states saved with each checkpoint (ResumeStateHook)."""
+    once = ["train.eval_period=0", "train.val_loss_max_images=0", "train.checkpointer.period=2"]
+    for out in ("ref", "run"):
+        args = _args(tmp_path / out, 4)
+        args.opts += once
+        train_net.main(args)
+    out = tmp_path / "run"
+    ref = torch.load(tmp_path / "ref" / "model_final.pth", weights_only=False)
+    # as if killed during iteration 2: model_0000001 is the last complete checkpoint
+    os.remove(out / "model_final.pth")
+    os.remove(out / "model_0000003.pth")
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    assert "ResumeStateHook" in torch.load(out / "model_0000001.pth", weights_only=False)[
+        "trainer"
+    ]["hooks"]
+    args = _args(out, 4)
+    args.opts += once
+    args.resume = True
+    train_net.main(args)
+    resumed = torch.load(out / "model_final.pth", weights_only=False)
+    assert resumed["iteration"] == ref["iteration"] == 3
+    for k, v in ref["model"].items():
+        assert torch.equal(resumed["model"][k], v), k
+
+
+def test_lazy_eval_only_rejects_weights_that_leave_the_model_random(tiny_datasets, tmp_path):
+    train_net.main(_args(tmp_path, 1))
+    args = _args(tmp_path / "eval", 1)
+    args.eval_only = True
+    args.opts += [
+        f"train.init_checkpoint={tmp_path / 'model_final.pth'}",
+        "model.roi_heads.mask_head.conv_dims=[16,16]",  # another head than the one trained
+    ]
+    with pytest.raises(ValueError, match=r"model_final.pth lacks \d+ of the model's"):
+        train_net.main(args)

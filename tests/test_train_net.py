@@ -1,14 +1,17 @@
 """End to end: train_net.py trains, checkpoints, resumes and evaluates on a tiny synthetic split."""
 import json
+import logging
 import os
 
 import pytest
 import torch
 
 from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
 
 import train_net
 from multimask.data import register_synthetic_dataset
+from multimask.engine import MultiMaskTrainer, do_train
 
 from .common import REPO_ROOT
 
@@ -87,3 +90,43 @@ def test_wrong_class_count_fails_before_training(tiny_synthetic, tmp_path):
     with pytest.raises(ValueError, match="NUM_CLASSES is 5; set it to 3"):
         train_net.main(_args(tmp_path / "bad", "MODEL.ROI_HEADS.NUM_CLASSES", "5"))
     assert not (tmp_path / "bad" / "model_final.pth").exists()
+
+
+def _one_step(tiny_synthetic, out, trainer, *opts):
+    """Parameters before and after one SGD step (lr 1, no momentum or decay) of either trainer."""
+    opts = ["SOLVER.MAX_ITER", "1", "SOLVER.BASE_LR", "1.0", "SOLVER.MOMENTUM", "0.0", *opts]
+    opts += ["SOLVER.WEIGHT_DECAY", "0.0", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    cfg = train_net.setup(_args(out, *opts))
+    torch.manual_seed(0)
+    if trainer == "simple":
+        model = build_model(cfg)
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        do_train(cfg, model)
+    else:
+        runner = MultiMaskTrainer(cfg)
+        model = runner.model
+        before = {k: v.detach().clone() for k, v in model.named_parameters()}
+        runner.train()
+    return before, dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("trainer", ["simple", "default"])
+def test_trainers_clip_gradients_alike(tiny_synthetic, tmp_path, trainer):
+    clip = ["SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.001"]
+    before, after = _one_step(tiny_synthetic, tmp_path / "clip", trainer, *clip)
+    steps = torch.stack([(after[k] - v).abs().max() for k, v in before.items()])
+    assert steps.max() <= 0.001 + 1e-6 and (steps > 0).any()  # lr 1 x each value clipped
+    before, after = _one_step(tiny_synthetic, tmp_path / "free", trainer)
+    assert max((after[k] - v).abs().max() for k, v in before.items()) > 0.01  # unclipped
+
+
+@pytest.mark.parametrize("trainer", ["simple", "default"])
+def test_amp_on_cpu_trains_in_float32_with_a_warning(tiny_synthetic, tmp_path, trainer, caplog):
+    """detectron2's AMP is CUDA-only: both trainers say so and take the float32 step."""
+    with caplog.at_level(logging.WARNING, logger="multimask.engine.trainer"):
+        _, amp = _one_step(tiny_synthetic, tmp_path / "amp", trainer, "SOLVER.AMP.ENABLED", "True")
+    assert "SOLVER.AMP.ENABLED is ignored on the 'cpu' device" in caplog.text
+    assert "CUDA-only" in caplog.text
+    _, fp32 = _one_step(tiny_synthetic, tmp_path / "fp32", trainer)
+    for k, v in fp32.items():
+        assert torch.equal(amp[k], v), k

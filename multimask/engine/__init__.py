@@ -1,4 +1,10 @@
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import ValidationLossHook, build_validation_loss_hook, compute_validation_loss
 from .plain_train_loop import do_test, do_train
-from .trainer import MultiMaskTrainer, check_datasets, check_num_classes, ddp_kwargs
+from .trainer import (
+    MultiMaskTrainer,
+    amp_enabled,
+    check_datasets,
+    check_num_classes,
+    ddp_kwargs,
+)

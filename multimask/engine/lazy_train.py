@@ -1,6 +1,6 @@
 """
 Training and evaluation from a detectron2 LazyConfig (``.py`` config) with the features of the YAML path:
-atomic checkpoints, ``--resume``, periodic and final evaluation with MultiMaskCOCOEvaluator, the
+atomic checkpoints, an exact ``--resume``, strict ``--eval-only`` weights, periodic and final evaluation with MultiMaskCOCOEvaluator, the
 validation loss, writers, custom imports and CPU data parallel. ``train_net.py`` calls ``lazy_main``
 for ``--config-file *.py``.
 
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from detectron2.config import CfgNode, LazyConfig, instantiate
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -26,11 +26,14 @@ from detectron2.engine import (
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.registry import locate
 
 from ..config import import_custom_modules
 from ..data import check_mask_names
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import ValidationLossHook, build_validation_loss_loader
+from .resume import ResumeStateHook, preserve_rng_states, resumable_train_loader
+from .trainer import amp_enabled
 
 __all__ = [
     "lazy_setup",
@@ -90,6 +93,19 @@ def _ddp(model, cfg: DictConfig):
     if cfg.train.device == "cpu":
         kwargs["device_ids"] = None  # DDP rejects device_ids for a CPU module (gloo)
     return create_ddp_model(model, **kwargs)
+
+
+def _build_train_loader(loader_cfg: DictConfig):
+    """
+    ``dataloader.train``; detectron2's ``build_detection_train_loader`` (the usual target) is
+    built by ``resumable_train_loader``, with the same arguments, so that ``--resume`` is exact.
+    """
+    # resolved against the whole config first: the mapper's interpolations point outside of it
+    node = OmegaConf.to_container(loader_cfg, resolve=True)
+    target = node["_target_"]
+    if (locate(target) if isinstance(target, str) else target) is build_detection_train_loader:
+        node["_target_"] = resumable_train_loader
+    return instantiate(node)
 
 
 def lazy_do_test(cfg: DictConfig, model) -> Dict[str, Any]:
@@ -178,17 +194,19 @@ def lazy_do_train(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = _with_gradient_clipping(instantiate(cfg.optimizer), cfg)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = _build_train_loader(cfg.dataloader.train)
     model = _ddp(model, cfg)
-    trainer_cls = AMPTrainer if cfg.train.get("amp", {}).get("enabled", False) else SimpleTrainer
-    trainer = trainer_cls(model, train_loader, optimizer)
+    amp_key = cfg.train.get("amp", {}).get("enabled", False)
+    amp = amp_enabled(amp_key, cfg.train.device, key="train.amp.enabled")
+    trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optimizer)
     checkpointer = AtomicDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
 
     last_results: Dict[str, Any] = {}
 
     def test_and_keep():
         last_results.clear()
-        last_results.update(lazy_do_test(cfg, model))
+        with preserve_rng_states():  # evaluating must not change the training draws
+            last_results.update(lazy_do_test(cfg, model))
         return last_results
 
     main = comm.is_main_process()
@@ -196,6 +214,9 @@ def lazy_do_train(cfg: DictConfig, resume: bool = False) -> Dict[str, Any]:
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            # the data position and RNG states saved with each checkpoint, for an exact --resume:
+            # on every process, before the checkpointer
+            ResumeStateHook(train_loader, cfg.train.checkpointer.period),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
             hooks.EvalHook(cfg.train.eval_period, test_and_keep),
             build_lazy_validation_loss_hook(cfg, model),
@@ -222,8 +243,9 @@ def lazy_main(args) -> Dict[str, Any]:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = _ddp(model, cfg)
-        AtomicDetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
-            cfg.train.init_checkpoint, resume=args.resume
-        )
+        # strict: evaluating weights that leave part of the model random gives a silently wrong AP
+        AtomicDetectionCheckpointer(
+            model, save_dir=cfg.train.output_dir, strict_model=True
+        ).resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
         return lazy_do_test(cfg, model)
     return lazy_do_train(cfg, resume=args.resume)

@@ -11,7 +11,6 @@ import torch
 from detectron2.engine import default_writers
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.evaluation.testing import flatten_results_dict
-from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from fvcore.common.checkpoint import PeriodicCheckpointer
@@ -24,7 +23,7 @@ from .resume import (
     preserve_rng_states,
     restore_resume_state,
 )
-from .trainer import MultiMaskTrainer, check_num_classes
+from .trainer import MultiMaskTrainer, amp_enabled
 
 __all__ = ["do_train", "do_test"]
 
@@ -55,11 +54,17 @@ def do_train(cfg, model, resume: bool = False) -> None:
             instead of initialising from ``MODEL.WEIGHTS``.
     """
     model.train()
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    checkpointer = AtomicDetectionCheckpointer(
-        model, cfg.OUTPUT_DIR, optimizer=optimizer, scheduler=scheduler
-    )
+    # the default trainer's builders: SOLVER.CLIP_GRADIENTS clips inside optimizer.step()
+    optimizer = MultiMaskTrainer.build_optimizer(cfg, model)
+    scheduler = MultiMaskTrainer.build_lr_scheduler(cfg, optimizer)
+    # detectron2's AMPTrainer step: float16 autocast, losses scaled by a GradScaler, which unscales
+    # the gradients before optimizer.step() clips them
+    amp = amp_enabled(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
+    grad_scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    checkpointables = {"optimizer": optimizer, "scheduler": scheduler}
+    if amp:
+        checkpointables["grad_scaler"] = grad_scaler
+    checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
     checkpoint = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     start_iter = checkpoint.get("iteration", -1) + 1
     max_iter = cfg.SOLVER.MAX_ITER
@@ -70,17 +75,17 @@ def do_train(cfg, model, resume: bool = False) -> None:
     data_loader = MultiMaskTrainer.build_train_loader(cfg)
     # the data position and RNG states of start_iter, so a resumed run continues the same curve
     restore_resume_state(checkpoint.get("resume_state"), data_loader, start_iter)
-    check_num_classes(cfg)
     val_loss = build_validation_loss_hook(cfg, model)  # None unless TEST.EVAL_PERIOD > 0
     logger.info(f"Starting training from iteration {start_iter}")
     with EventStorage(start_iter) as storage:
         for data, iteration in zip(data_loader, range(start_iter, max_iter)):
             storage.iter = iteration
             try:
-                loss_dict = model(data)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                    loss_dict = model(data)
+                    losses = sum(loss_dict.values())
             except FloatingPointError as e:  # e.g. the RPN's Inf/NaN boxes, which do not say when
                 raise FloatingPointError(f"{e} (at iteration {iteration})") from e
-            losses = sum(loss_dict.values())
             if not torch.isfinite(losses).all():
                 raise FloatingPointError(
                     f"Loss became infinite or NaN at iteration={iteration}!\nloss_dict = {loss_dict}"
@@ -90,8 +95,9 @@ def do_train(cfg, model, resume: bool = False) -> None:
                 storage.put_scalars(total_loss=sum(reduced.values()), **reduced)
 
             optimizer.zero_grad()
-            losses.backward()
-            optimizer.step()
+            grad_scaler.scale(losses).backward()
+            grad_scaler.step(optimizer)  # optimizer.step() unless the scaled gradients overflowed
+            grad_scaler.update()
             storage.put_scalar("lr", optimizer.param_groups[0]["lr"], smoothing_hint=False)
             scheduler.step()
 

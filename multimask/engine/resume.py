@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Sampler
 
 from detectron2.data import build_detection_train_loader
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
@@ -37,6 +38,7 @@ __all__ = [
     "ResumeStateHook",
     "SkippingSampler",
     "build_resumable_train_loader",
+    "resumable_train_loader",
     "capture_resume_state",
     "checkpoint_due",
     "get_rng_states",
@@ -142,26 +144,37 @@ class ResumableTrainLoader:
 
 def build_resumable_train_loader(cfg, mapper) -> Iterable:
     """
-    detectron2's ``build_detection_train_loader(cfg, mapper)`` with a ``SkippingSampler`` and a
-    DataLoader generator of its own.
+    detectron2's ``build_detection_train_loader(cfg, mapper)``, able to resume mid-stream (see
+    ``resumable_train_loader``).
 
     Args:
         cfg: a detectron2 config (DATASETS.TRAIN, DATALOADER.*, SOLVER.IMS_PER_BATCH).
         mapper: the dataset mapper.
+    """
+    return resumable_train_loader(**build_detection_train_loader.from_config(cfg, mapper=mapper))
+
+
+def resumable_train_loader(*, dataset, total_batch_size: int, sampler=None, **kwargs) -> Iterable:
+    """
+    detectron2's ``build_detection_train_loader`` with the same arguments (a LazyConfig's
+    ``dataloader.train``), with a ``SkippingSampler`` and a DataLoader generator of its own.
 
     Returns:
         A ResumableTrainLoader (detectron2's own loader for an iterable dataset: it has no sampler).
     """
-    args = build_detection_train_loader.from_config(cfg, mapper=mapper)
-    if args["sampler"] is None:
-        return build_detection_train_loader(**args)
-    sampler = SkippingSampler(args.pop("sampler"))
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        return build_detection_train_loader(
+            dataset, total_batch_size=total_batch_size, sampler=sampler, **kwargs
+        )
+    # detectron2's default for a map-style dataset
+    sampler = SkippingSampler(sampler if sampler is not None else TrainingSampler(len(dataset)))
     # Seeds the loader's worker processes (none with NUM_WORKERS 0); rank-dependent as detectron2's
     # default worker seeds are, since default_setup seeds torch with SEED + rank.
+    kwargs.setdefault("seed", torch.initial_seed() % 2**31)
     loader = build_detection_train_loader(
-        **args, sampler=sampler, seed=torch.initial_seed() % 2**31
+        dataset, total_batch_size=total_batch_size, sampler=sampler, **kwargs
     )
-    return ResumableTrainLoader(loader, sampler, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+    return ResumableTrainLoader(loader, sampler, total_batch_size // comm.get_world_size())
 
 
 def checkpoint_due(iteration: int, period: int, max_iter: int) -> bool:

@@ -1,13 +1,15 @@
 """``MultiMaskTrainer``: detectron2's DefaultTrainer wired to multimask's mapper, evaluator and checks."""
+import contextlib
+import functools
 import logging
 import os
 import weakref
-from typing import Dict
+from typing import Dict, Iterator
+from unittest import mock
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
-from detectron2.engine import hooks
-from detectron2.utils import comm
+from detectron2.engine import DefaultTrainer, create_ddp_model, hooks
+from detectron2.engine import defaults as d2_defaults
 
 from ..data import MultiMaskDatasetMapper, check_mask_names
 from ..evaluation import MultiMaskCOCOEvaluator
@@ -15,7 +17,7 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import build_validation_loss_hook
 from .resume import ResumeStateHook, build_resumable_train_loader, preserve_rng_states
 
-__all__ = ["MultiMaskTrainer", "ddp_kwargs", "check_datasets", "check_num_classes"]
+__all__ = ["MultiMaskTrainer", "amp_enabled", "ddp_kwargs", "check_datasets", "check_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,40 +50,68 @@ def check_num_classes(cfg) -> None:
             )
 
 
+def amp_enabled(enabled: bool, device: str, key: str = "SOLVER.AMP.ENABLED") -> bool:
+    """
+    Whether to train with automatic mixed precision: `enabled` on a CUDA `device`, as detectron2's
+    AMPTrainer runs it (float16 autocast and a GradScaler). detectron2's AMP is CUDA-only (its
+    AMPTrainer fails at the first step without CUDA), so on another device the run trains in
+    float32 with a warning naming `key`, as train_net.py falls back to the CPU without CUDA.
+    """
+    if enabled and not device.startswith("cuda"):
+        logger.warning(
+            f"{key} is ignored on the {device!r} device: detectron2's mixed precision training "
+            "(AMPTrainer) is CUDA-only. Training in float32."
+        )
+    return bool(enabled) and device.startswith("cuda")
+
+
+@contextlib.contextmanager
+def _cpu_ddp(cfg) -> Iterator[None]:
+    """
+    DefaultTrainer.__init__ wraps the model with ``create_ddp_model(model, broadcast_buffers=False)``,
+    which passes ``device_ids=[local_rank]``: DDP rejects that for a CPU module (gloo, ``--num-gpus N
+    MODEL.DEVICE cpu``), and DefaultTrainer has no method to override for it.
+    """
+    if not ddp_kwargs(cfg):
+        yield
+        return
+    with mock.patch.object(
+        d2_defaults, "create_ddp_model", functools.partial(create_ddp_model, **ddp_kwargs(cfg))
+    ):
+        yield
+
+
 class MultiMaskTrainer(DefaultTrainer):
     """
     DefaultTrainer (hooks, writers, EvalHook, PeriodicCheckpointer, ``resume_or_load``) whose loaders use
     ``MultiMaskDatasetMapper``, whose evaluator is ``MultiMaskCOCOEvaluator`` and whose checkpoints are
-    written atomically. ``__init__`` builds the same parts as DefaultTrainer's, with two changes:
-    the datasets' mask names and class count are checked before the first step, and DDP gets ``device_ids=None`` on the CPU.
-    Its train loader and a hook make ``--resume`` exact (see multimask.engine.resume).
+    written atomically, built through DefaultTrainer's own methods. The datasets' mask names and
+    class count are checked before the first step; ``SOLVER.AMP.ENABLED`` is CUDA-only (see
+    ``amp_enabled``); DDP runs on the CPU too. Its train loader and a hook make ``--resume`` exact
+    (see multimask.engine.resume).
     """
 
     def __init__(self, cfg):
-        TrainerBase.__init__(self)
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         check_datasets(cfg)
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        check_num_classes(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs(cfg))
-        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_cls(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        if cfg.SOLVER.AMP.ENABLED and not amp_enabled(True, cfg.MODEL.DEVICE):
+            frozen, cfg = cfg.is_frozen(), cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.AMP.ENABLED = False  # self.cfg says what runs
+            if frozen:
+                cfg.freeze()
+        with _cpu_ddp(cfg):
+            super().__init__(cfg)
 
     def build_hooks(self):
         """
         DefaultTrainer's hooks plus the validation loss (``MULTIMASK.VAL_LOSS_MAX_IMAGES``) and the
         data position and RNG states saved with each checkpoint, for an exact ``--resume``.
         """
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before asking for the hooks;
+        # the PeriodicCheckpointer built here saves with this one
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         ret = super().build_hooks()
         # before the checkpointer (main process) or EvalHook (others): captured when a save is due
         savers = (hooks.PeriodicCheckpointer, hooks.EvalHook)
@@ -112,8 +142,13 @@ class MultiMaskTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """detectron2's train loader with MultiMaskDatasetMapper, able to resume mid-stream."""
-        return build_resumable_train_loader(cfg, MultiMaskDatasetMapper(cfg, is_train=True))
+        """
+        detectron2's train loader with MultiMaskDatasetMapper, able to resume mid-stream; fails if
+        the loaded datasets' class count differs from the config's.
+        """
+        loader = build_resumable_train_loader(cfg, MultiMaskDatasetMapper(cfg, is_train=True))
+        check_num_classes(cfg)
+        return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
