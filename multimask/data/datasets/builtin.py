@@ -31,38 +31,20 @@ from .synthetic import register_synthetic_dataset
 
 __all__ = ["BUILTIN_AMODAL_SPLITS", "BUILTIN_SYNTHETIC_SPLITS", "register_all_amodal"]
 
+_KINS, _COCOA, _D2SA = "kins/annotations/", "cocoa/annotations/COCO_amodal_", "d2s/annotations/"
+
 # name -> (format, image directory, annotation file), relative to $DETECTRON2_DATASETS
 BUILTIN_AMODAL_SPLITS: Dict[str, Tuple[str, str, str]] = {
-    "kins_2020_train": (
-        "kins_2020",
-        "kins/training/image_2",
-        "kins/annotations/update_train_2020.json",
-    ),
-    "kins_2020_test": (
-        "kins_2020",
-        "kins/testing/image_2",
-        "kins/annotations/update_test_2020.json",
-    ),
-    "kins_2019_train": (
-        "kins_2019",
-        "kins/training/image_2",
-        "kins/annotations/instances_train.json",
-    ),
-    "kins_2019_test": ("kins_2019", "kins/testing/image_2", "kins/annotations/instances_val.json"),
-    "cocoa_train": ("cocoa", "coco/train2014", "cocoa/annotations/COCO_amodal_train2014.json"),
-    "cocoa_val": ("cocoa", "coco/val2014", "cocoa/annotations/COCO_amodal_val2014.json"),
-    "cocoa_cls_train": (
-        "cocoa_cls",
-        "coco/train2014",
-        "cocoa/annotations/COCO_amodal_train2014_with_classes.json",
-    ),
-    "cocoa_cls_val": (
-        "cocoa_cls",
-        "coco/val2014",
-        "cocoa/annotations/COCO_amodal_val2014_with_classes.json",
-    ),
-    "d2sa_train": ("d2sa", "d2s/images", "d2s/annotations/D2S_amodal_training_rot0.json"),
-    "d2sa_val": ("d2sa", "d2s/images", "d2s/annotations/D2S_amodal_validation.json"),
+    "kins_2020_train": ("kins_2020", "kins/training/image_2", _KINS + "update_train_2020.json"),
+    "kins_2020_test": ("kins_2020", "kins/testing/image_2", _KINS + "update_test_2020.json"),
+    "kins_2019_train": ("kins_2019", "kins/training/image_2", _KINS + "instances_train.json"),
+    "kins_2019_test": ("kins_2019", "kins/testing/image_2", _KINS + "instances_val.json"),
+    "cocoa_train": ("cocoa", "coco/train2014", _COCOA + "train2014.json"),
+    "cocoa_val": ("cocoa", "coco/val2014", _COCOA + "val2014.json"),
+    "cocoa_cls_train": ("cocoa_cls", "coco/train2014", _COCOA + "train2014_with_classes.json"),
+    "cocoa_cls_val": ("cocoa_cls", "coco/val2014", _COCOA + "val2014_with_classes.json"),
+    "d2sa_train": ("d2sa", "d2s/images", _D2SA + "D2S_amodal_training_rot0.json"),
+    "d2sa_val": ("d2sa", "d2s/images", _D2SA + "D2S_amodal_validation.json"),
 }
 
 # name -> (number of images, seed); the two splits draw from disjoint random streams
