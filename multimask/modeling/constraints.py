@@ -16,6 +16,8 @@ from typing import List, Sequence
 
 import torch
 
+from .relations import check_entry_names
+
 __all__ = ["CONSTRAINT_ARITY", "parse_constraints", "apply_constraints"]
 
 # Number of mask names each constraint type takes, and its code in the parsed form.
@@ -58,15 +60,7 @@ def parse_constraints(constraints: Sequence, mask_names: Sequence[str]) -> List[
                 f"{sorted(CONSTRAINT_ARITY)}."
             )
         ctype, names = entry[0], entry[1:]
-        if len(names) != CONSTRAINT_ARITY[ctype]:
-            raise ValueError(
-                f"{where}: '{ctype}' takes {CONSTRAINT_ARITY[ctype]} mask names, got {len(names)}."
-            )
-        unknown = [n for n in names if n not in mask_names]
-        if unknown:
-            raise ValueError(f"{where}: mask names {unknown} are not in MASK_NAMES {mask_names}.")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{where}: a constraint needs distinct masks, got {names}.")
+        check_entry_names(where, ctype, names, CONSTRAINT_ARITY[ctype], mask_names)
         parsed.append([_CODES[ctype]] + [mask_names.index(n) for n in names])
     return parsed
 

@@ -50,6 +50,26 @@ def _describe(entry) -> str:
     )
 
 
+def check_entry_names(
+    where: str, kind: str, names: List[str], arity: int, mask_names: List[str], rest: str = ""
+) -> None:
+    """
+    Raise ValueError, naming the config entry (`where`), unless the `names` of an entry of type
+    `kind` are `arity` distinct names of `mask_names`; `rest` says what else the entry holds ("and a
+    weight"). Shared by the relation and the constraint entries.
+    """
+    if len(names) != arity:
+        rest = f" {rest}" if rest else ""
+        raise ValueError(
+            f"{where}: '{kind}' takes {arity} mask names{rest}, got {len(names)} names {names}."
+        )
+    unknown = [n for n in names if n not in mask_names]
+    if unknown:
+        raise ValueError(f"{where}: mask names {unknown} are not in MASK_NAMES {mask_names}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: an entry needs distinct masks, got {names}.")
+
+
 def parse_relations(relations: Sequence, mask_names: Sequence[str]) -> List[MaskRelation]:
     """
     Validate config entries and turn them into ``MaskRelation`` s.
@@ -82,17 +102,7 @@ def parse_relations(relations: Sequence, mask_names: Sequence[str]) -> List[Mask
             raise ValueError(
                 f"{where}: unknown relation type {rtype!r}; known: {sorted(RELATION_ARITY)}."
             )
-        arity = RELATION_ARITY[rtype]
-        if len(names) != arity:
-            raise ValueError(
-                f"{where}: '{rtype}' takes {arity} mask names and a weight, got {len(names)} names "
-                f"{names}."
-            )
-        unknown = [n for n in names if n not in mask_names]
-        if unknown:
-            raise ValueError(f"{where}: mask names {unknown} are not in MASK_NAMES {mask_names}.")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{where}: a relation needs distinct masks, got {names}.")
+        check_entry_names(where, rtype, names, RELATION_ARITY[rtype], mask_names, "and a weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise ValueError(f"{where}: the last element must be a weight >= 0, got {weight!r}.")
         rel = MaskRelation(
