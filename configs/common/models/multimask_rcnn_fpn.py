@@ -31,4 +31,15 @@ model.roi_heads.mask_head = L(MultiMaskRCNNConvUpsampleHead)(
     primary=None,
     # e.g. [["containment", "visible", "amodal", 0.1]]; see multimask/modeling/relations.py
     relations=[],
+    # [source, target] pairs: the source branch's features feed the target's (FLOW; needs
+    # shared_convs in [0, NUM_CONV - 1]), e.g. [["visible", "amodal"]]; see multimask/modeling/conv_head.py
+    flow=[],
+    # inference constraints, e.g. [["contains", "amodal", "visible"]]; see multimask/modeling/constraints.py
+    constraints=[],
+    # Mask Scoring R-CNN's MaskIoU branch (MASKIOU_ON, MASKIOU_WEIGHT, MASKIOU_MASKS: [] = primary)
+    maskiou_on=False,
+    maskiou_weight=1.0,
+    maskiou_masks=[],
+    # channels of its convs (CONV_DIM in the YAML); its fc layers have 4x as many
+    maskiou_dim=256,
 )
