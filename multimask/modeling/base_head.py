@@ -280,7 +280,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
             loss_weights=list(head.LOSS_WEIGHTS),
             primary=primary_mask_name(cfg),
             relations=list(head.RELATIONS),
-            constraints=[list(c) for c in head.CONSTRAINTS],
+            constraints=[c if isinstance(c, str) else list(c) for c in head.CONSTRAINTS],
             maskiou_on=head.MASKIOU_ON,
             maskiou_weight=head.MASKIOU_WEIGHT,
             maskiou_masks=list(head.MASKIOU_MASKS),

@@ -181,7 +181,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
             conv_dims=[head.CONV_DIM] * (head.NUM_CONV + 1),
             conv_norm=head.NORM,
             shared_convs=head.SHARED_CONVS,
-            flow=[list(f) for f in head.FLOW],
+            flow=[f if isinstance(f, str) else list(f) for f in head.FLOW],
         )
         return ret
 
