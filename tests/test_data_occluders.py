@@ -1,4 +1,5 @@
 """``occluders(NAME)`` masks: the union of the other objects in front, cropped to the object's box."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """MultiMasks' storage variants: devices, full-image views, ROI targets, padding, compactness."""
+
 import pickle
 
 import numpy as np
@@ -119,7 +120,9 @@ def test_full_image_masks_equal_the_annotations(variant):
     for i, a in enumerate(annos):
         for j, name in enumerate(NAMES):
             segm = a["multimask"][name]
-            expected = np.zeros((H, W), bool) if segm is None else segmentation_to_bitmask(segm, H, W)
+            expected = (
+                np.zeros((H, W), bool) if segm is None else segmentation_to_bitmask(segm, H, W)
+            )
             np.testing.assert_array_equal(mm.tensor[i, j].numpy(), expected)
             assert bool(mm.annotated[i, j]) == (segm is not None)
 
@@ -187,15 +190,15 @@ def test_named_masks_train_a_stock_mask_rcnn_head():
     expected = inst.gt_multimask[torch.tensor([0, 2, 2, 1])].crop_and_resize(
         proposals.proposal_boxes.tensor, 14
     )[:, 0]
-    assert torch.equal(proposals.gt_masks.crop_and_resize(proposals.proposal_boxes.tensor, 14), expected)
+    assert torch.equal(
+        proposals.gt_masks.crop_and_resize(proposals.proposal_boxes.tensor, 14), expected
+    )
 
 
 @pytest.mark.parametrize("variant", ["polygons", "rle", "mixed", "derived"])
 def test_lsj_padding_leaves_masks_empty(variant):
     """detectron2's LSJ (ResizeScale + FixedSizeCrop, which pads segmentations with 255)."""
-    aug = T.AugmentationList(
-        [T.ResizeScale(0.5, 0.5, 96, 96), T.FixedSizeCrop((96, 96), pad=True)]
-    )
+    aug = T.AugmentationList([T.ResizeScale(0.5, 0.5, 96, 96), T.FixedSizeCrop((96, 96), pad=True)])
     image = np.zeros((H, W, 3), dtype=np.uint8)
     aug_input = T.AugInput(image)
     transforms = aug(aug_input)

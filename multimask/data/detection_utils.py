@@ -325,7 +325,11 @@ def multimask_annotations_to_instances(
     flat, packed = MaskStorage.pack(crops, torch.device("cpu"))
     for leaf, where in zip(bit_leaves, packed):
         leaf.offset, leaf.x0, leaf.y0, leaf.h, leaf.w = (
-            where.offset, where.x0, where.y0, where.h, where.w
+            where.offset,
+            where.x0,
+            where.y0,
+            where.h,
+            where.w,
         )
 
     multimask = MultiMasks.from_leaves(

@@ -1,6 +1,8 @@
 """Ground-truth structures: ``MultiMasks`` (K named masks per instance) and the mask forms it stores."""
+
 from .leaves import BitCrop, DerivedMask, PolygonMask
-from .multimasks import MaskStorage, MultiMasks, NamedMasks
+from .multimasks import MultiMasks
+from .named_masks import NamedMasks
 from .segmentation import (
     DERIVED_OPS,
     derived_mask,
@@ -10,3 +12,4 @@ from .segmentation import (
     segmentation_to_rle,
     shift_polygon_coords,
 )
+from .storage import MaskStorage

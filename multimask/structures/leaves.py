@@ -16,6 +16,7 @@ same arithmetic as detectron2's ``rasterize_polygons_within_box``: the result is
 polygon's edges are walked on that 5x grid, and a pixel is set when its centre column's crossing
 count says it is inside (see pycocotools' ``rleFrPoly``).
 """
+
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np

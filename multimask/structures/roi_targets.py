@@ -1,4 +1,5 @@
 """The training targets of ``MultiMasks``: every (ROI, mask) rasterised at M x M, in batches."""
+
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -135,6 +136,8 @@ def _crop_bits(
         data = storage.crop_bits(crop).to(torch.float32)[None, None]
         sel = torch.tensor(rois_of, device=bits_device)
         shift = torch.tensor([crop.x0, crop.y0, crop.x0, crop.y0], device=bits_device)
-        rois = torch.cat([torch.zeros((len(rois_of), 1), device=bits_device), boxes[sel] - shift], 1)
+        rois = torch.cat(
+            [torch.zeros((len(rois_of), 1), device=bits_device), boxes[sel] - shift], 1
+        )
         out[torch.tensor(targets, device=bits_device)] = align(data, rois)[:, 0] >= 0.5
     return out

@@ -8,6 +8,7 @@ arrays, image coordinates), an RLE dict (pycocotools' compressed or uncompressed
 ``segmentation_to_bitmask`` turn every form into a full-image RLE / bitmask; the training targets
 never need the full image (see ``MultiMasks.crop_and_resize``).
 """
+
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -163,7 +164,9 @@ def segmentation_to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
         if "counts" not in segm or "size" not in segm:
             raise ValueError(f"RLE dict needs 'counts' and 'size', got keys {sorted(segm)}")
         if [int(s) for s in segm["size"]] != [height, width]:
-            raise ValueError(f"RLE size {list(segm['size'])} differs from image size {[height, width]}")
+            raise ValueError(
+                f"RLE size {list(segm['size'])} differs from image size {[height, width]}"
+            )
         if isinstance(segm["counts"], list):  # uncompressed RLE
             return mask_util.frPyObjects(segm, height, width)
         return segm
