@@ -213,15 +213,7 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         if len(predictions) == 0:
             logger.warning("[MultiMaskCOCOEvaluator] Did not receive valid predictions.")
             return {}
-        if self._gt is None:
-            self._gt = build_ground_truth(
-                self._dataset_name,
-                DatasetCatalog.get(self._dataset_name),
-                self._metadata.thing_classes,
-                self._dataset_ids,
-                set(self._mask_names) | set(self._occlusion_masks),
-                self._occlusion_masks,
-            )
+        self._ground_truth()
         by_image = {}
         for p in predictions:
             by_image.setdefault(p["image_id"], p["instances"])  # first copy of a repeated image
@@ -255,6 +247,19 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                         key, img_ids, dts, "segm", name, subset, loaded
                     )
         return results
+
+    def _ground_truth(self) -> Dict[str, Any]:
+        """The COCO ground truth of every mask name, built from the dataset dicts on first use."""
+        if self._gt is None:
+            self._gt = build_ground_truth(
+                self._dataset_name,
+                DatasetCatalog.get(self._dataset_name),
+                self._metadata.thing_classes,
+                self._dataset_ids,
+                set(self._mask_names) | set(self._occlusion_masks),
+                self._occlusion_masks,
+            )
+        return self._gt
 
     def _check_predictions(self, by_image: Dict[Any, list], sizes: Dict[Any, tuple]):
         for img_id, insts in by_image.items():
