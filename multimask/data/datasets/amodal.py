@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco import EVALUATOR_TYPE, multimask_dicts_from_coco, read_json
+from .coco import dataset_metadata, multimask_dicts_from_coco, read_json
 from .mask_fields import MaskFields
 
 __all__ = [
@@ -210,12 +210,6 @@ def amodal_metadata(
     """
     fields = MaskFields(format_mask_fields(fmt, mask_fields))
     classes = categories_metadata(COCOA_CATEGORIES) if fmt == "cocoa" else {}
-    return {
-        "json_file": json_file,
-        "image_root": image_root,
-        "evaluator_type": EVALUATOR_TYPE,
-        "mask_names": list(fields.names),
-        "mask_fields": dict(fields.mask_fields),
-        "amodal_format": fmt,
-        **classes,
-    }
+    return dataset_metadata(
+        fields, json_file=json_file, image_root=image_root, amodal_format=fmt, **classes
+    )

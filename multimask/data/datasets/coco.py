@@ -68,6 +68,16 @@ logger = logging.getLogger(__name__)
 EVALUATOR_TYPE = "multimask_coco"
 
 
+def dataset_metadata(fields: MaskFields, **extra: Any) -> Dict[str, Any]:
+    """The metadata every multi-mask loader registers: evaluator type, mask names and mapping."""
+    return {
+        "evaluator_type": EVALUATOR_TYPE,
+        "mask_names": list(fields.names),
+        "mask_fields": dict(fields.mask_fields),
+        **extra,
+    }
+
+
 def read_json(json_file: str) -> Dict[str, Any]:
     """Read a JSON annotation file; FileNotFoundError or ValueError naming the file if it cannot."""
     if not PathManager.isfile(json_file):
@@ -337,10 +347,5 @@ def register_multimask_coco_instances(
         name, lambda: load_multimask_coco_json(json_file, image_root, fields, name, **kwargs)
     )
     MetadataCatalog.get(name).set(
-        json_file=json_file,
-        image_root=image_root,
-        evaluator_type=EVALUATOR_TYPE,
-        mask_names=list(fields.names),
-        mask_fields=dict(fields.mask_fields),
-        **metadata,
+        **dataset_metadata(fields, json_file=json_file, image_root=image_root, **metadata)
     )

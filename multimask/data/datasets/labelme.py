@@ -49,7 +49,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ...structures import segmentation_to_rle
-from .coco import EVALUATOR_TYPE
+from .coco import dataset_metadata
 from .mask_fields import MaskFields
 
 __all__ = [
@@ -439,10 +439,5 @@ def register_multimask_labelme_instances(
         lambda: load_multimask_labelme_json(json_dir, image_root, mask_names, name, **kwargs),
     )
     MetadataCatalog.get(name).set(
-        json_dir=json_dir,
-        image_root=image_root,
-        evaluator_type=EVALUATOR_TYPE,
-        mask_names=list(fields.names),
-        mask_fields=dict(fields.mask_fields),
-        **metadata,
+        **dataset_metadata(fields, json_dir=json_dir, image_root=image_root, **metadata)
     )

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco import EVALUATOR_TYPE, multimask_dicts_from_coco, read_json
+from .coco import dataset_metadata, multimask_dicts_from_coco, read_json
+from .mask_fields import MaskFields
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -326,12 +327,12 @@ def register_synthetic_dataset(
         name, lambda: load_synthetic_dataset(name, num_images, seed, image_size, root)
     )
     MetadataCatalog.get(name).set(
-        thing_classes=list(SYNTHETIC_CLASSES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
-        thing_colors=[list(c) for c in _CLASS_COLORS],
-        mask_names=list(SYNTHETIC_MASK_FIELDS),
-        mask_fields=dict(SYNTHETIC_MASK_FIELDS),
-        image_root=os.path.join(root, name, "images"),
-        evaluator_type=EVALUATOR_TYPE,
-        synthetic_params=_params(num_images, seed, image_size),
+        **dataset_metadata(
+            MaskFields(SYNTHETIC_MASK_FIELDS),
+            thing_classes=list(SYNTHETIC_CLASSES),
+            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTHETIC_CLASSES))},
+            thing_colors=[list(c) for c in _CLASS_COLORS],
+            image_root=os.path.join(root, name, "images"),
+            synthetic_params=_params(num_images, seed, image_size),
+        )
     )
