@@ -30,9 +30,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Children of detectron2's MaskRCNNConvUpsampleHead, which a single-mask checkpoint may hold.
-_SINGLE_HEAD_LAYERS = ("mask_fcn", "deconv", "predictor")
-
 
 def _select_class(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """(R, K, C, M, M) logits -> (R, K, M, M), the channel of each ROI's class (C == 1: agnostic)."""
@@ -363,6 +360,10 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
             return [f"trunk.{rel}"]
         return [f"towers.{n}.{rel}" for n in self.mask_names if f"towers.{n}.{rel}" in own]
 
+    # Children of detectron2's MaskRCNNConvUpsampleHead, which a single-mask checkpoint may hold;
+    # a head with other layer names overrides this and ``_single_mask_targets``.
+    single_mask_layers = ("mask_fcn", "deconv", "predictor")
+
     def _load_single_mask_head(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
@@ -377,7 +378,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
         single = [
             k for k in state_dict
             if k.startswith(prefix) and k[len(prefix):].split(".")[0].rstrip("0123456789")
-            in _SINGLE_HEAD_LAYERS
+            in self.single_mask_layers
         ]
         if not single:
             return
