@@ -249,3 +249,23 @@ def test_cat_keeps_shared_operands_and_moves_bits():
     assert torch.equal(merged.tensor[2:], b.tensor)
     inst = Instances.cat([_instances("rle"), _instances("rle")])
     assert len(inst.gt_multimask) == 6 and isinstance(inst.gt_masks, NamedMasks)
+
+
+def test_segmentation_to_rle_memo_encodes_shared_operands_once(monkeypatch):
+    from multimask.structures import segmentation, segmentation_to_rle
+
+    (anno,) = _annotations("derived", num=1)
+    masks = anno["multimask"]
+    calls = []
+    original = segmentation.mask_util.frPyObjects
+    monkeypatch.setattr(
+        segmentation.mask_util, "frPyObjects", lambda *a: calls.append(1) or original(*a)
+    )
+    memo = {}
+    rles = {n: segmentation_to_rle(masks[n], H, W, memo) for n in NAMES}
+    assert len(calls) == 2  # amodal and visible; occluded reuses both
+    monkeypatch.undo()
+    for n in NAMES:
+        assert mask_util.decode(rles[n]).astype(bool).tolist() == segmentation_to_bitmask(
+            masks[n], H, W
+        ).tolist()

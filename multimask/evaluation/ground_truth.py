@@ -19,10 +19,10 @@ __all__ = ["build_ground_truth", "coco_ground_truth"]
 logger = logging.getLogger(__name__)
 
 
-def _to_rle(segm: Any, height: int, width: int, where: str) -> dict:
+def _to_rle(segm: Any, height: int, width: int, where: str, memo: Optional[dict] = None) -> dict:
     """``segmentation_to_rle`` (polygons, RLE, derived masks), with errors naming `where`."""
     try:
-        return segmentation_to_rle(segm, height, width)
+        return segmentation_to_rle(segm, height, width, memo)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -98,14 +98,15 @@ def _annotation(
         raise ValueError(f"{where}: category_id {a['category_id']} is not a contiguous id")
     box = [float(v) for v in BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS)]
     multimask = a.get("multimask") or {}
+    memo: dict = {}  # derived masks (occluded = amodal - visible) reuse their operands' RLEs
     rles = {
-        n: _to_rle(multimask[n], *size, f"{where}, mask '{n}'")
+        n: _to_rle(multimask[n], *size, f"{where}, mask '{n}'", memo)
         for n in sorted(mask_names)
         if multimask.get(n) is not None
     }
     areas = {n: float(mask_util.area(r)) for n, r in rles.items()}
     segm = a.get("segmentation")  # COCO's box area ranges use the mask area when there is one
-    box_area = mask_util.area(_to_rle(segm, *size, where)) if segm else box[2] * box[3]
+    box_area = mask_util.area(_to_rle(segm, *size, where, memo)) if segm else box[2] * box[3]
     return {
         "image_id": img_id,
         "category_id": dataset_ids[a["category_id"]],

@@ -130,7 +130,9 @@ def _invert_rle(rle: Dict[str, Any]) -> Dict[str, Any]:
     return mask_util.frPyObjects({"counts": inverted.tolist(), "size": [h, w]}, h, w)
 
 
-def segmentation_to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
+def segmentation_to_rle(
+    segm: Any, height: int, width: int, memo: Optional[Dict[int, Any]] = None
+) -> Dict[str, Any]:
     """
     Encode one mask in any form the dataset dicts allow as a compressed RLE of the image size.
 
@@ -139,6 +141,8 @@ def segmentation_to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
             than 3 points are skipped), an RLE dict (compressed or uncompressed counts), an (H, W)
             array, or a derived mask (``derived_mask``).
         height, width: the image size.
+        memo: the masks already encoded (pass one empty dict for the masks of one image, so that
+            a mask and the derived masks made of it are encoded once); None = none.
 
     Returns:
         compressed RLE dict (bytes counts), as pycocotools returns it.
@@ -146,6 +150,17 @@ def segmentation_to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
     Raises:
         ValueError: an RLE or array of another size than the image, or a value of no known form.
     """
+    return _encode(segm, height, width, {} if memo is None else memo)
+
+
+def _encode(segm: Any, height: int, width: int, memo: Dict[int, Any]) -> Dict[str, Any]:
+    # the memo keeps each mask alive beside its RLE, so that its id cannot be reused meanwhile
+    if id(segm) not in memo:
+        memo[id(segm)] = (segm, _encode_one(segm, height, width, memo))
+    return memo[id(segm)][1]
+
+
+def _encode_one(segm: Any, height: int, width: int, memo: Dict[int, Any]) -> Dict[str, Any]:
     if isinstance(segm, list):
         polys = [np.asarray(p, dtype=np.float64).ravel() for p in segm if len(p) >= 6]
         if not polys:
@@ -153,7 +168,7 @@ def segmentation_to_rle(segm: Any, height: int, width: int) -> Dict[str, Any]:
         return mask_util.merge(mask_util.frPyObjects(polys, height, width))
     if is_derived(segm):
         op, (a, b) = segm["op"], segm["operands"]
-        ra, rb = segmentation_to_rle(a, height, width), segmentation_to_rle(b, height, width)
+        ra, rb = _encode(a, height, width, memo), _encode(b, height, width, memo)
         if op in ("&", "|"):
             return mask_util.merge([ra, rb], intersect=op == "&")
         if op != "-":
