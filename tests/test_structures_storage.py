@@ -263,7 +263,9 @@ def test_segmentation_to_rle_memo_encodes_shared_operands_once(monkeypatch):
     )
     memo = {}
     rles = {n: segmentation_to_rle(masks[n], H, W, memo) for n in NAMES}
-    assert len(calls) == 2  # amodal and visible; occluded reuses both
+    # amodal and visible once each, plus the complement of visible (occluded = amodal & ~visible);
+    # without the memo the operands would be encoded again (5 calls)
+    assert len(calls) == 3
     monkeypatch.undo()
     for n in NAMES:
         assert mask_util.decode(rles[n]).astype(bool).tolist() == segmentation_to_bitmask(
