@@ -296,3 +296,23 @@ def test_demo_writes_labelme_files_that_load_back(tiny_run, tmp_path):
                 np.testing.assert_array_equal(got, _fill_holes(pred))
     with pytest.raises(ValueError, match="--labelme-output .* use it with --input"):
         demo.main(["--config-file", str(yaml_path), "--webcam", "--labelme-output", str(out)])
+
+
+def test_demo_metadata_loads_class_names_known_only_from_the_annotations(tmp_path):
+    """Builtin D2SA / COCOA-cls know their classes only from their files: the demo loads them."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    predictor = _load_script("demo", "predictor.py")
+    name = f"demo_classes_{os.getpid()}"
+
+    def load():
+        MetadataCatalog.get(name).set(thing_classes=["apple", "pear"])
+        return []
+
+    DatasetCatalog.register(name, load)
+    assert MetadataCatalog.get(name).get("thing_classes") is None
+    assert predictor._metadata_with_classes(name).thing_classes == ["apple", "pear"]
+
+    missing = name + "_missing"
+    DatasetCatalog.register(missing, lambda: json.load(open(tmp_path / "absent.json")))
+    assert predictor._metadata_with_classes(missing).get("thing_classes") is None  # logged, no crash
