@@ -8,6 +8,7 @@ dataset with the quick schedule. Runs the trainings one at a time; prints per-ma
     python benchmarks/accuracy_tradeoff.py --seeds 42,7    # each run with two seeds: means
     python benchmarks/accuracy_tradeoff.py --root /tmp/smoke --opts SOLVER.MAX_ITER 4   # smoke run
     python benchmarks/accuracy_tradeoff.py --report-only   # the table of the finished runs
+    python benchmarks/accuracy_tradeoff.py --runs towers2,towers2_flow --seeds 1,2,3   # FLOW
 
 Every run trains with ``train_net.py --config-file <quick config> MODEL.DEVICE cpu OUTPUT_DIR
 <root>/<run> DATASETS.TEST "()"`` plus the run's overrides (no evaluation inside the training
@@ -33,6 +34,14 @@ CONFIG = "configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml"
 RUNS = {
     "joint_shared": [],
     "joint_towers": ["MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS", "0"],
+    # FLOW (issue 13) against the same towers without it: two shared convs, two per mask
+    "towers2": ["MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS", "2"],
+    "towers2_flow": [
+        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
+        "2",
+        "MODEL.ROI_MULTI_MASK_HEAD.FLOW",
+        "[['visible','amodal']]",
+    ],
     "single_amodal": [
         "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
         "1",
