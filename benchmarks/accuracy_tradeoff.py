@@ -4,7 +4,7 @@ Accuracy side of the trade (issue 6): one K = 2 model (amodal + visible) against
 models (one per mask name), and the shared trunk against separate towers, all on the synthetic
 dataset with the quick schedule. Runs the trainings one at a time; prints per-mask AP, train time.
 
-    python benchmarks/accuracy_tradeoff.py                 # the 4 runs, then the table
+    python benchmarks/accuracy_tradeoff.py                 # every run of RUNS, then the table
     python benchmarks/accuracy_tradeoff.py --seeds 42,7    # each run with two seeds: means
     python benchmarks/accuracy_tradeoff.py --root /tmp/smoke --opts SOLVER.MAX_ITER 4   # smoke run
     python benchmarks/accuracy_tradeoff.py --report-only   # the table of the finished runs
