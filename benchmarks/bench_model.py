@@ -39,7 +39,6 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d as FrozenBN
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
@@ -47,19 +46,19 @@ from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_utils import (  # noqa: E402
+    as_mask_rcnn,
     benchmark_parser,
     interleaved_medians,
     machine_info,
+    multimask_cfg,
     peak_rss_mib,
     peak_rss_of,
     print_table,
     rss_mib,
     set_threads,
 )
-from multimask import MultiMasks, add_multimask_config  # noqa: E402
+from multimask import MultiMasks  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "Base-MultiMask-RCNN-FPN.yaml")
 MASK_NAMES = ["amodal", "visible", "occluded", "mask3", "mask4", "mask5", "mask6", "mask7"]
 VARIANTS = {
     "faster_rcnn": {"d2": True, "mask": False},
@@ -77,23 +76,14 @@ VARIANTS = {
 
 def build_cfg(variant: str, args):
     spec = VARIANTS[variant]
-    cfg = get_cfg()
-    add_multimask_config(cfg)
-    cfg.merge_from_file(BASE_CONFIG)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = multimask_cfg("cpu")
     cfg.MODEL.RESNETS.DEPTH = args.depth
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = args.num_classes
     # keep every detection, so each variant pastes the same number of masks
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.TEST.DETECTIONS_PER_IMAGE = args.detections
     if spec.get("d2"):
-        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-        cfg.MODEL.MASK_ON = spec["mask"]
-        cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-        cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = cfg.MODEL.ROI_MULTI_MASK_HEAD.NUM_CONV
-        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = cfg.MODEL.ROI_MULTI_MASK_HEAD.CONV_DIM
+        cfg = as_mask_rcnn(cfg, mask_on=spec["mask"])
     else:
         head = cfg.MODEL.ROI_MULTI_MASK_HEAD
         head.NUM_MASK = spec["k"]

@@ -50,16 +50,17 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_utils import (  # noqa: E402
+    as_mask_rcnn,
     benchmark_parser,
     interleaved_medians,
     machine_info,
+    multimask_cfg,
     peak_rss_mib,
     peak_rss_of,
     print_table,
@@ -67,11 +68,8 @@ from benchmarks.bench_utils import (  # noqa: E402
     set_threads,
 )
 from benchmarks.scale_data import KINS_CATEGORIES, make_cocoa_like, make_kins_like  # noqa: E402
-from multimask import add_multimask_config  # noqa: E402
 from multimask.data import MultiMaskDatasetMapper, register_amodal_instances  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "Base-MultiMask-RCNN-FPN.yaml")
 MASK_NAMES = ["amodal", "visible", "occluded"]
 # dataset -> (format, generator, INPUT.MIN_SIZE_TRAIN, INPUT.MAX_SIZE_TRAIN)
 DATASETS = {
@@ -84,32 +82,16 @@ TARGETS = {"mapper": 1.25, "gt_mib": 2.0, "crop": 1.5, "eval": 2.0, "train": 1.0
 def base_cfg(dataset: str, name: str, device: str = "cpu"):
     """The multimask config at the dataset's training scale, K = 3, random init with BN."""
     _, _, min_size, max_size = DATASETS[dataset]
-    cfg = get_cfg()
-    add_multimask_config(cfg)
-    cfg.merge_from_file(BASE_CONFIG)
+    cfg = multimask_cfg(device)
     cfg.DATASETS.TRAIN = (name,)
     cfg.DATASETS.TEST = ()
     cfg.INPUT.MIN_SIZE_TRAIN = (min_size,)
     cfg.INPUT.MAX_SIZE_TRAIN = max_size
     cfg.INPUT.MASK_FORMAT = "polygon"
-    cfg.MODEL.DEVICE = device
-    cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     cfg.MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK = len(MASK_NAMES)
     cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES = list(MASK_NAMES)
-    return cfg
-
-
-def d2_cfg(cfg):
-    """The same config as detectron2's Mask R-CNN: stock meta-architecture, ROI heads, mask head."""
-    cfg = cfg.clone()
-    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
-    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = cfg.MODEL.ROI_MULTI_MASK_HEAD.NUM_CONV
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = cfg.MODEL.ROI_MULTI_MASK_HEAD.CONV_DIM
-    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = cfg.MODEL.ROI_MULTI_MASK_HEAD.POOLER_RESOLUTION
     return cfg
 
 
@@ -122,7 +104,7 @@ def register(dataset: str, json_file: str, image_root: str) -> str:
 def mappers(dataset: str, name: str) -> Dict[str, Callable]:
     cfg = base_cfg(dataset, name)
     return {
-        "detectron2": DatasetMapper(d2_cfg(cfg), is_train=True),
+        "detectron2": DatasetMapper(as_mask_rcnn(cfg), is_train=True),
         "ours_k3": MultiMaskDatasetMapper(cfg, is_train=True),
     }
 
@@ -257,7 +239,7 @@ def build_train_models(name: str, args) -> Dict[str, torch.nn.Module]:
     cfg = base_cfg("kins", name, args.device)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(KINS_CATEGORIES)
     models = {}
-    for variant, c in (("detectron2", d2_cfg(cfg)), ("ours_k3", cfg)):
+    for variant, c in (("detectron2", as_mask_rcnn(cfg)), ("ours_k3", cfg)):
         torch.manual_seed(0)
         models[variant] = build_model(c).train()
     load_reference(models, models["detectron2"])
@@ -329,7 +311,7 @@ def memory_worker(args) -> None:
     torch.manual_seed(0)
     cfg = base_cfg("kins", name, args.device)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(KINS_CATEGORIES)
-    model = build_model(d2_cfg(cfg) if args.memory_worker == "detectron2" else cfg).train()
+    model = build_model(as_mask_rcnn(cfg) if args.memory_worker == "detectron2" else cfg).train()
     fn = train_step_fn(model, inputs, args.device)
     base = rss_mib()
     fn()

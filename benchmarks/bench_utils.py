@@ -27,7 +27,11 @@ from typing import Callable, Dict, List, Sequence
 import torch
 
 __all__ = [
+    "BASE_CONFIG",
+    "REPO_ROOT",
+    "as_mask_rcnn",
     "benchmark_parser",
+    "multimask_cfg",
     "interleaved_medians",
     "machine_info",
     "peak_rss_of",
@@ -35,6 +39,37 @@ __all__ = [
     "rss_mib",
     "set_threads",
 ]
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "Base-MultiMask-RCNN-FPN.yaml")
+
+
+def multimask_cfg(device: str = "cpu"):
+    """The project's Base R-50-FPN config with multimask's keys, random init, on `device`."""
+    from detectron2.config import get_cfg
+
+    from multimask import add_multimask_config
+
+    cfg = get_cfg()
+    add_multimask_config(cfg)
+    cfg.merge_from_file(BASE_CONFIG)
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def as_mask_rcnn(cfg, mask_on: bool = True):
+    """`cfg` (not modified) as detectron2's stock (Mask) R-CNN with the multi-mask head's dims."""
+    cfg = cfg.clone()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.MASK_ON = mask_on
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = cfg.MODEL.ROI_MULTI_MASK_HEAD.NUM_CONV
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = cfg.MODEL.ROI_MULTI_MASK_HEAD.CONV_DIM
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = cfg.MODEL.ROI_MULTI_MASK_HEAD.POOLER_RESOLUTION
+    return cfg
 
 
 def benchmark_parser(

@@ -28,17 +28,10 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
+from multimask.data.datasets.amodal import KINS_CATEGORIES  # the released files' categories
+
 __all__ = ["KINS_CATEGORIES", "make_cocoa_like", "make_kins_like"]
 
-KINS_CATEGORIES = [
-    {"supercategory": "Living Thing", "id": 1, "name": "cyclist"},
-    {"supercategory": "Living Thing", "id": 2, "name": "pedestrian"},
-    {"supercategory": "vehicles", "id": 4, "name": "car"},
-    {"supercategory": "vehicles", "id": 5, "name": "tram"},
-    {"supercategory": "vehicles", "id": 6, "name": "truck"},
-    {"supercategory": "vehicles", "id": 7, "name": "van"},
-    {"supercategory": "vehicles", "id": 8, "name": "misc"},
-]
 # category id -> (probability, height / width of its box)
 _KINS_SHAPES = {
     4: (0.55, 0.6),
@@ -133,6 +126,13 @@ def _paint(rng: np.random.Generator, objects: List[Dict[str, Any]], h: int, w: i
     return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
+def _start(root: str, image_dir: str, seed: int) -> Tuple[np.random.Generator, str]:
+    """The generator's random stream and its image directory (created)."""
+    image_root = os.path.join(root, image_dir)
+    os.makedirs(image_root, exist_ok=True)
+    return np.random.default_rng(seed), image_root
+
+
 def make_kins_like(
     root: str,
     num_images: int,
@@ -155,10 +155,8 @@ def make_kins_like(
     Returns:
         (json_file, image_root).
     """
-    rng = np.random.default_rng(seed)
+    rng, image_root = _start(root, image_dir, seed)
     h, w = KINS_SIZE
-    image_root = os.path.join(root, image_dir)
-    os.makedirs(image_root, exist_ok=True)
     cat_ids = list(_KINS_SHAPES)
     probs = np.array([_KINS_SHAPES[c][0] for c in cat_ids])
     images, annotations = [], []
@@ -224,10 +222,8 @@ def make_cocoa_like(
     Returns:
         (json_file, image_root).
     """
-    rng = np.random.default_rng(seed)
+    rng, image_root = _start(root, image_dir, seed)
     h, w = COCOA_SIZE
-    image_root = os.path.join(root, image_dir)
-    os.makedirs(image_root, exist_ok=True)
     images, annotations = [], []
     for i in range(num_images):
         candidates = []

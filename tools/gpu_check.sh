@@ -182,7 +182,7 @@ def train_metrics(out_dir):
         for line in f:
             try:
                 rows.append(json.loads(line))
-            except ValueError:
+            except ValueError:  # a line cut by a timeout: the complete ones are enough
                 pass
     rows = [r for r in rows if "total_loss" in r]
     if not rows:

@@ -293,12 +293,16 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
         Returns:
             Tensor of shape (R, K, C, M, M), mask logits (C = num classes, or 1 if class-agnostic).
         """
-        raise NotImplementedError
+        # the one method a head must define (the base class has no layers of its own)
+        raise NotImplementedError(f"{type(self).__name__} must implement layers(x)")
 
     @torch.jit.unused
     def _class_logits(self, x: torch.Tensor, instances: List[Instances]) -> torch.Tensor:
         """(R, K, 1, M, M): the logits of each ROI's class only; used when ``class_selective``."""
-        raise NotImplementedError
+        # only heads that set class_selective = True get here, and they must define it
+        raise NotImplementedError(
+            f"{type(self).__name__} sets class_selective but does not implement _class_logits"
+        )
 
     def forward(self, x: torch.Tensor, instances: List[Instances]):
         """
