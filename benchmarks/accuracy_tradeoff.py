@@ -42,6 +42,32 @@ RUNS = {
         "MODEL.ROI_MULTI_MASK_HEAD.FLOW",
         "[['visible','amodal']]",
     ],
+    "towers2_maskiou": [
+        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
+        "2",
+        "MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_ON",
+        "True",
+    ],
+    # the occluder mask (issue 13): a third, supervised mask name (occluders(visible) of the synthetic
+    # data), alone and feeding the amodal tower with the visible one (BCNet's occluder -> occludee)
+    "towers2_occluder": [
+        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
+        "2",
+        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
+        "3",
+        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
+        "['amodal','visible','occluder']",
+    ],
+    "towers2_occluder_flow": [
+        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
+        "2",
+        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
+        "3",
+        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
+        "['amodal','visible','occluder']",
+        "MODEL.ROI_MULTI_MASK_HEAD.FLOW",
+        "[['visible','amodal'],['occluder','amodal']]",
+    ],
     "single_amodal": [
         "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
         "1",

@@ -45,9 +45,20 @@ def test_masks_are_exact_and_match_the_pixels(tmp_path):
         annos = d["annotations"]
         assert 2 <= len(annos) <= 5
         visible_union = np.zeros((SIZE, SIZE), dtype=bool)
+        assert sorted(a["depth"] for a in annos) == list(range(1, len(annos) + 1))
         for anno in annos:
             m = masks_of(anno)
-            assert list(anno["multimask"]) == ["amodal", "visible", "occluded"]
+            assert list(anno["multimask"]) == ["amodal", "visible", "occluded", "occluder"]
+            # occluder: the visible pixels, within the object's box, of the objects in front of it
+            front = np.zeros((SIZE, SIZE), dtype=bool)
+            for other in annos:
+                if other["depth"] < anno["depth"]:
+                    front |= masks_of(other)["visible"]
+            x0, y0, w, h = anno["bbox"]
+            box = np.zeros((SIZE, SIZE), dtype=bool)
+            box[int(y0) : int(np.ceil(y0 + h)), int(x0) : int(np.ceil(x0 + w))] = True
+            np.testing.assert_array_equal(m["occluder"], front & box)
+            assert not (m["occluded"] & ~m["occluder"]).any()  # what hides it is its occluder
             assert not (m["visible"] & ~m["amodal"]).any()
             np.testing.assert_array_equal(m["occluded"], m["amodal"] & ~m["visible"])
             area, visible = m["amodal"].sum(), m["visible"].sum()
@@ -94,7 +105,7 @@ def test_register_uses_multimask_cache(tmp_path, monkeypatch):
     # no json_file: detectron2's COCOEvaluator converts the dataset dicts
     assert meta.thing_classes == SYNTHETIC_CLASSES and not hasattr(meta, "json_file")
     assert (
-        meta.mask_names == ["amodal", "visible", "occluded"]
+        meta.mask_names == ["amodal", "visible", "occluded", "occluder"]
         and meta.evaluator_type == "multimask_coco"
     )
     dicts = DatasetCatalog.get(name)

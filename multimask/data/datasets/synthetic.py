@@ -6,12 +6,13 @@ striped; ``rectangle``: blue, checkered; ``triangle``: green, dotted), 20-70 px 
 depths. Shapes are often placed next to one another so that a good share of them is partly hidden,
 but an object is never drawn when less than 15% of it would stay visible. Because every pixel is
 painted from the rasterised polygons, the masks are exact: ``amodal`` (the whole shape),
-``visible`` (what is drawn of it) and ``occluded`` (amodal - visible).
+``visible`` (what is drawn of it), ``occluded`` (amodal - visible) and ``occluder`` (the visible
+parts of the objects in front of it within its box, from the annotations' ``depth``: 1 = front).
 
 The data is generated on first use (about 2 s for 300 images) into
 ``$MULTIMASK_CACHE/synthetic/<name>`` (default ``~/.cache/multimask``) as PNG images plus a COCO
-JSON with the amodal polygons in ``segmentation``, the visible RLE in ``visible_mask`` and
-``occlude_rate``, and it is read back through the generic loader. A cache whose parameters match is
+JSON with the amodal polygons in ``segmentation``, the visible RLE in ``visible_mask``,
+``occlude_rate`` and ``depth``, and it is read back through the generic loader. A cache whose parameters match is
 reused.
 """
 
@@ -33,6 +34,7 @@ from .mask_fields import MaskFields
 
 __all__ = [
     "SYNTHETIC_CLASSES",
+    "SYNTHETIC_DEPTH_KEY",
     "SYNTHETIC_MASK_FIELDS",
     "generate_synthetic_dataset",
     "load_synthetic_dataset",
@@ -47,11 +49,16 @@ SYNTHETIC_MASK_FIELDS = {
     "amodal": "segmentation",
     "visible": "visible_mask",
     "occluded": "amodal - visible",
+    # the other objects' visible masks in front of it (by `depth`) that overlap its box (BCNet's
+    # occluder); computed per image, see MaskFields.resolve_occluders
+    "occluder": "occluders(visible)",
 }
+# annotation key of the depth order: 1 = the front object of its image
+SYNTHETIC_DEPTH_KEY = "depth"
 # RGB base colour of each class, also used as the visualiser's thing_colors
 _CLASS_COLORS = [(215, 70, 45), (45, 95, 215), (70, 190, 60)]
 # Bump when the drawing changes, so that old caches are regenerated.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2  # 2: annotations have `depth`
 _MIN_VISIBLE_FRACTION = 0.15
 _SIZE_RANGE = (20, 70)
 _NUM_OBJECTS_RANGE = (2, 5)
@@ -197,7 +204,7 @@ def generate_synthetic_dataset(
         file_name = f"{i:06d}.png"
         cv2.imwrite(os.path.join(out_dir, "images", file_name), img)
         images.append({"id": i, "file_name": file_name, "height": image_size, "width": image_size})
-        for obj in objects:
+        for index, obj in enumerate(objects):
             amodal_rle = mask_util.encode(np.asfortranarray(obj["mask"], dtype=np.uint8))
             visible_rle = mask_util.encode(np.asfortranarray(obj["visible"], dtype=np.uint8))
             area, visible_area = float(mask_util.area(amodal_rle)), float(
@@ -217,6 +224,8 @@ def generate_synthetic_dataset(
                         "counts": visible_rle["counts"].decode(),
                     },
                     "occlude_rate": round(1.0 - visible_area / area, 4),
+                    # objects are drawn farthest first: the last one is in front (depth 1)
+                    SYNTHETIC_DEPTH_KEY: len(objects) - index,
                 }
             )
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)]
@@ -306,6 +315,7 @@ def load_synthetic_dataset(
         os.path.join(out_dir, "images"),
         SYNTHETIC_MASK_FIELDS,
         name,
+        depth_key=SYNTHETIC_DEPTH_KEY,
     )
 
 
