@@ -25,6 +25,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +81,14 @@ RUNS = {
         "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
         "['visible']",
     ],
+}
+_CONTAINS = ["MODEL.ROI_MULTI_MASK_HEAD.CONSTRAINTS", "[['contains','amodal','visible']]"]
+# Output constraints change inference only: these runs evaluate another run's weights with them.
+RUNS["towers2_contains"] = RUNS["towers2"] + _CONTAINS
+RUNS["towers2_occluder_flow_contains"] = RUNS["towers2_occluder_flow"] + _CONTAINS
+WEIGHTS_FROM = {
+    "towers2_contains": "towers2",
+    "towers2_occluder_flow_contains": "towers2_occluder_flow",
 }
 MASKS = ("amodal", "visible")
 
@@ -144,6 +153,18 @@ def train(name: str, args) -> None:
         )
 
 
+def borrow_weights(name: str, args) -> None:
+    """An inference-only variant: the weights, log and times of the run it evaluates differently."""
+    src = os.path.join(args.root, WEIGHTS_FROM[name])
+    if not os.path.isfile(os.path.join(src, "model_final.pth")):
+        raise SystemExit(f"{name} evaluates the weights of {WEIGHTS_FROM[name]}: train it first")
+    out_dir = os.path.join(args.root, name)
+    os.makedirs(out_dir, exist_ok=True)
+    for f in ("model_final.pth", "log.txt", "bench_times.json"):
+        if os.path.isfile(os.path.join(src, f)):
+            shutil.copyfile(os.path.join(src, f), os.path.join(out_dir, f))
+
+
 def evaluate(name: str, args) -> None:
     """Evaluate the run's final weights on cfg.DATASETS.TEST with multimask's do_test."""
     from detectron2.checkpoint import DetectionCheckpointer
@@ -165,10 +186,27 @@ def evaluate(name: str, args) -> None:
     print(f"[{name}] done: {read_run(out_dir)} (load {os.getloadavg()[0]:.2f})", flush=True)
 
 
-def report(root: str, names, seeds) -> None:
+# (header, key of read_run) of the table
+COLUMNS = [
+    ("box AP", "bbox/AP"),
+    ("amodal AP", "segm_amodal/AP"),
+    ("visible AP", "segm_visible/AP"),
+    ("amodal occl. AP", "segm_amodal_occluded/AP"),
+    ("amodal occ>0.25 AP", "segm_amodal_occ0.25/AP"),
+    ("visible occl. AP", "segm_visible_occluded/AP"),
+    ("train s (d2)", "train_s"),
+    ("train CPU s", "cpu_s"),
+]
+# the columns compared run against run
+DELTAS = [c for c in COLUMNS if c[1].endswith("/AP") and c[1] != "bbox/AP"]
+SINGLES = ("single_amodal", "single_visible")
+
+
+def report(root: str, names, seeds, plain: str = "towers2") -> None:
     """
-    Print the table of the runs (means over the seeds, each seed's value in brackets), and the
-    joint models against the two single-mask models.
+    Print, as markdown: the table of the runs (means over the seeds, each seed's value in
+    brackets); every run against `plain` (AP differences, mean and per seed, and the ratio of train
+    CPU times); every joint run against the two single-mask models.
     """
     per_seed = {n: [read_run(os.path.join(root, f"seed{sd}", n)) for sd in seeds] for n in names}
 
@@ -176,49 +214,56 @@ def report(root: str, names, seeds) -> None:
         values = [r[key] for r in per_seed[n] if r.get(key) is not None]
         return sum(values) / len(values) if len(values) == len(seeds) else None
 
-    head = ["run", "box AP", "amodal AP", "visible AP", "amodal occl. AP", "visible occl. AP",
-            "train s (d2)", "train wall s", "train CPU s"]  # fmt: skip
-    keys = ["bbox/AP"] + [f"segm_{m}/AP" for m in MASKS] + [f"segm_{m}_occluded/AP" for m in MASKS]
-    keys += ["train_s", "wall_s", "cpu_s"]
-    print(f"\nseeds {', '.join(map(str, seeds))}: means (each seed's value in brackets)")
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    def delta(a: str, b: str, key: str, against=None) -> str:
+        """a - b (b: a run, or `against`: per-seed values), mean and per seed."""
+        ref = against or [r.get(key) for r in per_seed[b]]
+        pairs = [(r.get(key), v) for r, v in zip(per_seed[a], ref)]
+        if any(x is None or y is None for x, y in pairs):
+            return "-"
+        d = [x - y for x, y in pairs]
+        text = f"{sum(d) / len(d):+.1f}"
+        return text + (" (" + ", ".join(f"{v:+.1f}" for v in d) + ")" if len(d) > 1 else "")
+
+    print(f"\nseeds {', '.join(map(str, seeds))}: means (each seed's value in brackets)\n")
+    print("| run | " + " | ".join(h for h, _ in COLUMNS) + " |\n|" + "---|" * (len(COLUMNS) + 1))
     for n in names:
         cells = []
-        for k in keys:
+        for _, k in COLUMNS:
             m = mean(n, k)
             cell = "-" if m is None else f"{m:.1f}"
             if m is not None and len(seeds) > 1 and k.endswith("/AP"):
                 cell += " (" + ", ".join(f"{r[k]:.1f}" for r in per_seed[n]) + ")"
             cells.append(cell)
         print(f"| {n} | " + " | ".join(cells) + " |")
-    singles = ("single_amodal", "single_visible")
-    if not all(n in names for n in singles):
-        return
-    for clock in ("train_s", "cpu_s"):
-        combined = [mean(n, clock) for n in singles]
-        if None in combined:
-            continue
-        combined_s = sum(combined)
-        print(f"\ntwo single-mask models, {clock}: {combined_s:.0f} s combined")
-        for joint in ("joint_shared", "joint_towers"):
-            if joint not in names or mean(joint, clock) is None:
+
+    joints = [n for n in names if n not in SINGLES]
+    if plain in names:
+        print(f"\nagainst {plain}: AP difference, mean (per seed); train CPU time ratio\n")
+        print("| run | " + " | ".join(h for h, _ in DELTAS) + " | train CPU |")
+        print("|" + "---|" * (len(DELTAS) + 2))
+        for n in joints:
+            if n == plain:
                 continue
-            deltas = []
-            for m, single in zip(MASKS, singles):
-                key = f"segm_{m}/AP"
-                if mean(joint, key) is None or mean(single, key) is None:
-                    continue
-                seed_deltas = [
-                    j[key] - s_[key] for j, s_ in zip(per_seed[joint], per_seed[single])
-                ]
-                text = f"{m} {mean(joint, key) - mean(single, key):+.1f}"
-                if len(seeds) > 1:
-                    text += f" (per seed {', '.join(f'{d:+.1f}' for d in seed_deltas)})"
-                deltas.append(text)
-            print(
-                f"{joint}: {clock} {mean(joint, clock) / combined_s:.2f} x the two single models "
-                f"(target <= 0.6); AP - single-mask model's: {'; '.join(deltas)} (target >= -1)"
-            )
+            ratio = mean(n, "cpu_s"), mean(plain, "cpu_s")
+            cpu = f"{ratio[0] / ratio[1]:.2f}x" if None not in ratio else "-"
+            if n in WEIGHTS_FROM:
+                cpu += " (inference only)"
+            cells = [delta(n, plain, k) for _, k in DELTAS]
+            print(f"| {n} | " + " | ".join(cells) + f" | {cpu} |")
+    if not all(n in names for n in SINGLES):
+        return
+    combined = [mean(n, "cpu_s") for n in SINGLES]
+    print("\njoint models against the two single-mask models (same schedule and seeds): AP "
+          "difference, mean (per seed); train CPU time over the two single models' sum\n")
+    print("| run | amodal AP | visible AP | train CPU |\n|---|---|---|---|")
+    for n in joints:
+        cells = []
+        for m, single in zip(MASKS, SINGLES):
+            key = f"segm_{m}/AP"
+            cells.append(delta(n, "", key, against=[r.get(key) for r in per_seed[single]]))
+        cpu = mean(n, "cpu_s")
+        cells.append("-" if None in (cpu, *combined) else f"{cpu / sum(combined):.2f}x")
+        print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 def main():
@@ -243,6 +288,7 @@ def main():
         help="torch threads of each training (0: torch's default). 1 keeps CPU time comparable on "
         "a shared machine, where waiting threads of a multi-threaded run spin (counted as CPU)",
     )
+    parser.add_argument("--plain", default="towers2", help="the run the others are compared with")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = parser.parse_args()
     names = args.runs.split(",")
@@ -260,10 +306,12 @@ def main():
                 out_dir = os.path.join(run_args.root, n)
                 if not args.force and os.path.isfile(os.path.join(out_dir, "eval_results.json")):
                     continue
-                if args.force or not os.path.isfile(os.path.join(out_dir, "model_final.pth")):
+                if n in WEIGHTS_FROM:
+                    borrow_weights(n, run_args)
+                elif args.force or not os.path.isfile(os.path.join(out_dir, "model_final.pth")):
                     train(n, run_args)
                 evaluate(n, run_args)
-    report(args.root, names, seeds)
+    report(args.root, names, seeds, args.plain)
 
 
 if __name__ == "__main__":
