@@ -274,7 +274,8 @@ def test_builtin_names_are_registered_with_their_metadata():
     ):
         assert name in BUILTIN_AMODAL_SPLITS
     for name in BUILTIN_SYNTHETIC_SPLITS:
-        assert MetadataCatalog.get(name).mask_names == AMODAL_MASK_NAMES
+        # the amodal formats' masks, plus the synthetic data's occluder mask (it has a depth order)
+        assert MetadataCatalog.get(name).mask_names == [*AMODAL_MASK_NAMES, "occluder"]
 
 
 def test_builtin_missing_file_names_the_expected_path():
