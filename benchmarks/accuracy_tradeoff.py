@@ -38,59 +38,27 @@ import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml"
+_HEAD = "MODEL.ROI_MULTI_MASK_HEAD."
+# FLOW (issue 13) needs towers: the plain head of issue 13 is two shared convs, then two per mask
+_TOWERS2 = [_HEAD + "SHARED_CONVS", "2"]
+# the occluder mask (issue 13): a third, supervised mask name (occluders(visible) of the synthetic data)
+_OCCLUDER = [_HEAD + "NUM_MASK", "3", _HEAD + "MASK_NAMES", "['amodal','visible','occluder']"]
 RUNS = {
     "joint_shared": [],
-    "joint_towers": ["MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS", "0"],
-    # FLOW (issue 13) against the same towers without it: two shared convs, two per mask
-    "towers2": ["MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS", "2"],
-    "towers2_flow": [
-        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
-        "2",
-        "MODEL.ROI_MULTI_MASK_HEAD.FLOW",
-        "[['visible','amodal']]",
-    ],
-    "towers2_maskiou": [
-        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
-        "2",
-        "MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_ON",
-        "True",
-    ],
-    # the occluder mask (issue 13): a third, supervised mask name (occluders(visible) of the synthetic
-    # data), alone and feeding the amodal tower with the visible one (BCNet's occluder -> occludee)
-    "towers2_occluder": [
-        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
-        "2",
-        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
-        "3",
-        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
-        "['amodal','visible','occluder']",
-    ],
-    "towers2_occluder_flow": [
-        "MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS",
-        "2",
-        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
-        "3",
-        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
-        "['amodal','visible','occluder']",
-        "MODEL.ROI_MULTI_MASK_HEAD.FLOW",
-        "[['visible','amodal'],['occluder','amodal']]",
-    ],
-    "single_amodal": [
-        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
-        "1",
-        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
-        "['amodal']",
-    ],
-    "single_visible": [
-        "MODEL.ROI_MULTI_MASK_HEAD.NUM_MASK",
-        "1",
-        "MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES",
-        "['visible']",
-    ],
+    "joint_towers": [_HEAD + "SHARED_CONVS", "0"],
+    "towers2": _TOWERS2,
+    "towers2_flow": _TOWERS2 + [_HEAD + "FLOW", "[['visible','amodal']]"],
+    "towers2_maskiou": _TOWERS2 + [_HEAD + "MASKIOU_ON", "True"],
+    "towers2_occluder": _TOWERS2 + _OCCLUDER,
+    # both the visible and the occluder tower feed the amodal one (BCNet's occluder -> occludee)
+    "towers2_occluder_flow": _TOWERS2
+    + _OCCLUDER
+    + [_HEAD + "FLOW", "[['visible','amodal'],['occluder','amodal']]"],
+    # output constraints change inference only: this run evaluates towers2's weights with them
+    "towers2_contains": _TOWERS2 + [_HEAD + "CONSTRAINTS", "[['contains','amodal','visible']]"],
+    "single_amodal": [_HEAD + "NUM_MASK", "1", _HEAD + "MASK_NAMES", "['amodal']"],
+    "single_visible": [_HEAD + "NUM_MASK", "1", _HEAD + "MASK_NAMES", "['visible']"],
 }
-_CONTAINS = ["MODEL.ROI_MULTI_MASK_HEAD.CONSTRAINTS", "[['contains','amodal','visible']]"]
-# Output constraints change inference only: these runs evaluate another run's weights with them.
-RUNS["towers2_contains"] = RUNS["towers2"] + _CONTAINS
 WEIGHTS_FROM = {"towers2_contains": "towers2"}
 MASKS = ("amodal", "visible")
 
