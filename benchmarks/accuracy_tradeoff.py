@@ -48,6 +48,9 @@ RUNS = {
     "joint_towers": [_HEAD + "SHARED_CONVS", "0"],
     "towers2": _TOWERS2,
     "towers2_flow": _TOWERS2 + [_HEAD + "FLOW", "[['visible','amodal']]"],
+    # PANet's fully-connected fusion: a global FC term in the amodal tower, or in both towers
+    "towers2_fc": _TOWERS2 + [_HEAD + "FC_FUSION", "['amodal']"],
+    "towers2_fc2": _TOWERS2 + [_HEAD + "FC_FUSION", "['amodal','visible']"],
     "towers2_maskiou": _TOWERS2 + [_HEAD + "MASKIOU_ON", "True"],
     "towers2_occluder": _TOWERS2 + _OCCLUDER,
     # both the visible and the occluder tower feed the amodal one (BCNet's occluder -> occludee)

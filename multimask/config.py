@@ -69,6 +69,10 @@ def add_multimask_config(cfg: CN) -> None:
     # the source tower's last conv features are concatenated to the target tower's input. Needs
     # SHARED_CONVS in [0, NUM_CONV - 1]. [] = none. See multimask/modeling/conv_head.py.
     _C.MODEL.ROI_MULTI_MASK_HEAD.FLOW = []
+    # PANet's fully-connected fusion for these mask names (e.g. ["amodal"]): a global FC branch from
+    # the mask's tower adds a class-agnostic logit map, so each pixel sees the whole ROI. Needs
+    # SHARED_CONVS in [0, NUM_CONV - 1]. [] = none. See multimask/modeling/conv_head.py.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.FC_FUSION = []
     # Constraints enforced on the predicted probabilities at inference: ["contains", OUTER, INNER]
     # (OUTER = max(OUTER, INNER)) and ["difference", C, B, A] (C = clamp(B - A, 0)), applied in order.
     # [] = none. See multimask/modeling/constraints.py.

@@ -1,4 +1,4 @@
-"""MultiMaskRCNNConvUpsampleHead's feature flow between mask branches (FLOW)."""
+"""MultiMaskRCNNConvUpsampleHead's feature flow between mask branches (FLOW) and FC fusion (FC_FUSION)."""
 import pytest
 import torch
 
@@ -8,7 +8,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from multimask import MultiMasks
-from multimask.modeling import build_multi_mask_head, parse_flow
+from multimask.modeling import build_multi_mask_head, parse_fc_fusion, parse_flow
 
 from .common import REPO_ROOT, get_tiny_config
 
@@ -16,10 +16,10 @@ NAMES = ("amodal", "visible", "occluded")
 FLOW = [["visible", "amodal"], ["occluded", "amodal"]]
 
 
-def _head(flow=(), shared=1, names=NAMES):
+def _head(flow=(), shared=1, names=NAMES, fc_fusion=()):
     cfg = get_tiny_config(names)
     h = cfg.MODEL.ROI_MULTI_MASK_HEAD
-    h.SHARED_CONVS, h.FLOW = shared, [list(f) for f in flow]
+    h.SHARED_CONVS, h.FLOW, h.FC_FUSION = shared, [list(f) for f in flow], list(fc_fusion)
     torch.manual_seed(0)
     return build_multi_mask_head(cfg, ShapeSpec(channels=8, height=7, width=7))
 
@@ -131,3 +131,68 @@ def test_lazyconfig_flow():
     head = instantiate(head_cfg)
     assert list(head.towers) == ["visible", "amodal"]
     assert head.towers["amodal"].mask_fcn2.weight.shape[1] == 32
+
+
+@pytest.mark.parametrize(
+    "names, has_tower_convs, message",
+    [
+        (["modal"], True, r"FC_FUSION\[0\] = 'modal': not in MASK_NAMES"),
+        (["amodal", "amodal"], True, r"FC_FUSION\[1\] = 'amodal': declared twice"),
+        (["amodal"], False, r"FC_FUSION\[0\] = 'amodal'.*every conv is shared"),
+        ("amodal", True, r"FC_FUSION must be a list"),
+    ],
+)
+def test_fc_fusion_config_errors_name_the_entry(names, has_tower_convs, message):
+    with pytest.raises(ValueError, match=message):
+        parse_fc_fusion(names, NAMES, has_tower_convs)
+
+
+@pytest.mark.parametrize("shared", [-1, 2])
+def test_fc_fusion_without_tower_convs_is_a_config_error(shared):
+    # 2 = NUM_CONV of the tiny config: the towers hold only a deconv and a predictor
+    with pytest.raises(ValueError, match=r"MODEL.ROI_MULTI_MASK_HEAD.FC_FUSION\[0\]"):
+        _head(shared=shared, fc_fusion=["amodal"])
+
+
+def test_fc_fusion_is_global_trained_and_matches_the_class_selective_path():
+    head = _head(FLOW, fc_fusion=["amodal"])
+    assert list(head.fc_fusion) == ["amodal"]
+    # a new branch: a plain head's checkpoint names are a subset, so it still loads
+    assert set(_head(FLOW).state_dict()) < set(head.state_dict())
+    with EventStorage():
+        losses = head(_features(), [_proposals()])
+    losses["loss_mask_amodal"].backward()
+    assert head.fc_fusion["amodal"].fc.weight.grad.abs().sum() > 0
+    # every output pixel sees the whole ROI: changing one corner cell of the 7 x 7 input moves the
+    # opposite corner of the amodal logits (two 3 x 3 convs reach 2 cells away), not of the visible
+    head.eval()
+    x = _features()
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 5.0
+    with torch.no_grad():
+        a, b = head.layers(x), head.layers(x2)
+    assert (a[:, 0, :, -1, -1] - b[:, 0, :, -1, -1]).abs().max() > 0
+    torch.testing.assert_close(a[:, 1, :, -1, -1], b[:, 1, :, -1, -1])
+    inst = _proposals()
+    inst.pred_classes = inst.gt_classes
+    with torch.no_grad():
+        selected = head._class_logits(x, [inst])
+    torch.testing.assert_close(
+        selected[:, :, 0], a[torch.arange(3), :, inst.gt_classes], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_lazyconfig_fc_fusion():
+    lazy = LazyConfig.load(f"{REPO_ROOT}/configs/common/models/multimask_rcnn_fpn.py")
+    head_cfg = lazy.model.roi_heads.mask_head
+    assert head_cfg.fc_fusion == []
+    head_cfg.input_shape.channels = 8
+    head_cfg.num_classes = 2
+    head_cfg.mask_names = ["amodal", "visible"]
+    head_cfg.conv_dims = [16, 16, 16]
+    head_cfg.shared_convs = 1
+    head_cfg.fc_fusion = ["amodal"]
+    head = instantiate(head_cfg)
+    # half the tower's channels over the pooled map, to the (2S)^2 mask
+    side = head_cfg.input_shape.height
+    assert head.fc_fusion["amodal"].fc.weight.shape == (4 * side * side, 8 * side * side)

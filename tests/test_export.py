@@ -96,6 +96,20 @@ def test_detectron2_scripting_of_the_model_itself(model):
     torch.testing.assert_close(out.pred_masks, ref.pred_multimasks[:, 1:2], rtol=1e-5, atol=1e-5)
 
 
+def test_scripting_a_head_with_flow_and_fc_fusion():
+    # the occlusion-aware head options go through the scripted layers() too
+    cfg = _config()
+    head = cfg.MODEL.ROI_MULTI_MASK_HEAD
+    head.SHARED_CONVS, head.FLOW, head.FC_FUSION = 1, [["visible", "amodal"]], ["amodal"]
+    model = get_tiny_model(cfg).eval()
+    scripted = export_scripting(model)
+    image = _images()[1]
+    with torch.no_grad():
+        eager = ExportableMultiMaskRCNN(model)(image)
+        assert len(eager["scores"]) > 0
+        _assert_same(eager, scripted(image))
+
+
 def test_eager_model_is_unchanged_by_scripting(model):
     image = _images()[1]
     with torch.no_grad():

@@ -4,7 +4,7 @@ from .base_head import (
     multi_mask_rcnn_inference,
     multi_mask_rcnn_loss,
 )
-from .conv_head import MultiMaskRCNNConvUpsampleHead, parse_flow  # registers the head
+from .conv_head import MultiMaskRCNNConvUpsampleHead, parse_fc_fusion, parse_flow  # registers the head
 from .constraints import apply_constraints, parse_constraints
 from .meta_arch import MultiMaskRCNN, multimask_postprocess
 from .roi_heads import MultiMaskROIHeads

@@ -18,7 +18,7 @@ from detectron2.structures import Instances
 from ..config import multi_mask_head_cfg
 from .base_head import BaseMultiMaskHead
 
-__all__ = ["MultiMaskRCNNConvUpsampleHead", "parse_flow"]
+__all__ = ["MultiMaskRCNNConvUpsampleHead", "parse_fc_fusion", "parse_flow"]
 
 _KEY = "MODEL.ROI_MULTI_MASK_HEAD.FLOW"
 
@@ -92,6 +92,49 @@ def _upsample(in_ch: int, out_ch: int) -> List:
     return [("deconv", deconv), ("deconv_relu", nn.ReLU())]
 
 
+def _fc_fusion(ch: int, side: int, norm: str) -> nn.Sequential:
+    """
+    PANet's fully-connected fusion: a conv to half the channels, then one FC layer from the whole
+    S x S map to the (2S x 2S) mask, one class-agnostic logit map added to the tower's logits. Every
+    output pixel sees the whole ROI (the convs see 9 x 9 cells of 14 x 14), which is what completing
+    the hidden part of an occluded object's shape needs.
+    """
+    fc = nn.Linear((ch // 2) * side * side, 4 * side * side)
+    # starts as a small correction of the conv logits, as the 1x1 predictor does
+    nn.init.normal_(fc.weight, std=0.001)
+    nn.init.constant_(fc.bias, 0)
+    return nn.Sequential(
+        OrderedDict([("conv", _conv(ch, ch // 2, norm)), ("flatten", nn.Flatten()), ("fc", fc)])
+    )
+
+
+def parse_fc_fusion(names: Sequence[str], mask_names: Sequence[str], has_tower_convs: bool) -> List[str]:
+    """
+    Validate ``FC_FUSION``: known, distinct mask names whose towers have a conv of their own.
+
+    Raises:
+        ValueError: naming the entry and what is wrong.
+    """
+    key = "MODEL.ROI_MULTI_MASK_HEAD.FC_FUSION"
+    if isinstance(names, str):
+        raise ValueError(f"{key} must be a list of mask names, e.g. ['amodal'], got {names!r}.")
+    out: List[str] = []
+    for i, name in enumerate(names):
+        where = f"{key}[{i}] = {name!r}"
+        if name not in mask_names:
+            raise ValueError(f"{where}: not in MASK_NAMES {list(mask_names)}.")
+        if name in out:
+            raise ValueError(f"{where}: declared twice.")
+        if not has_tower_convs:
+            raise ValueError(
+                f"{where}: the fusion reads the last conv of the mask's own tower, and every conv is "
+                "shared (SHARED_CONVS = -1 or NUM_CONV); set SHARED_CONVS to a value in "
+                "[0, NUM_CONV - 1]."
+            )
+        out.append(name)
+    return out
+
+
 @ROI_MASK_HEAD_REGISTRY.register()
 class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
     """
@@ -123,6 +166,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
         conv_norm: str = "",
         shared_convs: int = -1,
         flow: Sequence = (),
+        fc_fusion: Sequence[str] = (),
         **kwargs,
     ):
         """
@@ -132,6 +176,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
             conv_norm: normalization of the convs ("" for none).
             shared_convs: convs shared by all masks; -1 = all (shared deconv too).
             flow: [source, target] mask-name pairs: the source branch's features feed the target's.
+            fc_fusion: mask names whose logits get a global fully-connected term (PANet's fusion).
             kwargs: those of ``BaseMultiMaskHead`` (num_classes, mask_names, loss_weights, primary,
                 relations, constraints, maskiou_*) and ``vis_period``.
         """
@@ -169,6 +214,12 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
             layers.append(("predictor", predictor))
             towers[name] = nn.Sequential(OrderedDict(layers))
         self.towers = nn.ModuleDict(towers)
+        self.fc_fusion = nn.ModuleDict(
+            {
+                name: _fc_fusion(conv_dims[num_conv - 1], input_shape.height, conv_norm)
+                for name in parse_fc_fusion(fc_fusion, self.mask_names, self.last_conv_index >= 0)
+            }
+        )
         # forward() computes only each ROI's class (see _class_logits), unless a subclass redefines
         # layers(): then its full output is what the loss and inference must see.
         self.class_selective = type(self).layers is MultiMaskRCNNConvUpsampleHead.layers
@@ -182,6 +233,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
             conv_norm=head.NORM,
             shared_convs=head.SHARED_CONVS,
             flow=[f if isinstance(f, str) else list(f) for f in head.FLOW],
+            fc_fusion=list(head.FC_FUSION),
         )
         return ret
 
@@ -211,6 +263,9 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
                 if i == self.last_conv_index:
                     feats[name] = y
             outs[name] = y
+        for name, fc in self.fc_fusion.items():
+            y = outs[name]
+            outs[name] = y + fc(feats[name]).view(y.shape[0], 1, y.shape[2], y.shape[3])
         return torch.stack([outs[n] for n in self.mask_names], dim=1)
 
     @torch.jit.unused
@@ -246,4 +301,6 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
             idx = classes if pred.out_channels > 1 else torch.zeros_like(classes)
             logits = torch.bmm(pred.weight.flatten(1)[idx][:, None], y.flatten(2))  # (R, 1, M*M)
             out[name] = (logits + pred.bias[idx][:, None, None]).view(y.shape[0], 1, *y.shape[2:])
+        for name, fc in self.fc_fusion.items():
+            out[name] = out[name] + fc(feats[name]).view_as(out[name])
         return torch.stack([out[n] for n in self.mask_names], dim=1)

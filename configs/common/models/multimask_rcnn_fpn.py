@@ -34,6 +34,9 @@ model.roi_heads.mask_head = L(MultiMaskRCNNConvUpsampleHead)(
     # [source, target] pairs: the source branch's features feed the target's (FLOW; needs
     # shared_convs in [0, NUM_CONV - 1]), e.g. [["visible", "amodal"]]; see multimask/modeling/conv_head.py
     flow=[],
+    # mask names with PANet's fully-connected fusion (FC_FUSION; needs shared_convs in
+    # [0, NUM_CONV - 1]), e.g. ["amodal"]; see multimask/modeling/conv_head.py
+    fc_fusion=[],
     # inference constraints, e.g. [["contains", "amodal", "visible"]]; see multimask/modeling/constraints.py
     constraints=[],
     # Mask Scoring R-CNN's MaskIoU branch (MASKIOU_ON, MASKIOU_WEIGHT, MASKIOU_MASKS: [] = primary)
