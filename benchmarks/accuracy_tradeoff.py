@@ -51,6 +51,11 @@ RUNS = {
     # PANet's fully-connected fusion: a global FC term in the amodal tower, or in both towers
     "towers2_fc": _TOWERS2 + [_HEAD + "FC_FUSION", "['amodal']"],
     "towers2_fc2": _TOWERS2 + [_HEAD + "FC_FUSION", "['amodal','visible']"],
+    # fc2 at a quarter of the channels into the FC layer (16 of 64): half its cost
+    "towers2_fc2_q": _TOWERS2
+    + [_HEAD + "FC_FUSION", "['amodal','visible']", _HEAD + "FC_FUSION_DIM", "16"],
+    "towers2_fc2_flow": _TOWERS2
+    + [_HEAD + "FC_FUSION", "['amodal','visible']", _HEAD + "FLOW", "[['visible','amodal']]"],
     "towers2_maskiou": _TOWERS2 + [_HEAD + "MASKIOU_ON", "True"],
     "towers2_occluder": _TOWERS2 + _OCCLUDER,
     # both the visible and the occluder tower feed the amodal one (BCNet's occluder -> occludee)

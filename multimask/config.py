@@ -73,6 +73,8 @@ def add_multimask_config(cfg: CN) -> None:
     # the mask's tower adds a class-agnostic logit map, so each pixel sees the whole ROI. Needs
     # SHARED_CONVS in [0, NUM_CONV - 1]. [] = none. See multimask/modeling/conv_head.py.
     _C.MODEL.ROI_MULTI_MASK_HEAD.FC_FUSION = []
+    # Channels of the fusion's conv, whose S x S map the FC layer reads; 0 = CONV_DIM / 2 (PANet).
+    _C.MODEL.ROI_MULTI_MASK_HEAD.FC_FUSION_DIM = 0
     # Constraints enforced on the predicted probabilities at inference: ["contains", OUTER, INNER]
     # (OUTER = max(OUTER, INNER)) and ["difference", C, B, A] (C = clamp(B - A, 0)), applied in order.
     # [] = none. See multimask/modeling/constraints.py.

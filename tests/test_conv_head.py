@@ -196,3 +196,6 @@ def test_lazyconfig_fc_fusion():
     # half the tower's channels over the pooled map, to the (2S)^2 mask
     side = head_cfg.input_shape.height
     assert head.fc_fusion["amodal"].fc.weight.shape == (4 * side * side, 8 * side * side)
+    head_cfg.fc_fusion_dim = 4
+    head = instantiate(head_cfg)
+    assert head.fc_fusion["amodal"].fc.weight.shape == (4 * side * side, 4 * side * side)

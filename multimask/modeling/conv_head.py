@@ -92,19 +92,19 @@ def _upsample(in_ch: int, out_ch: int) -> List:
     return [("deconv", deconv), ("deconv_relu", nn.ReLU())]
 
 
-def _fc_fusion(ch: int, side: int, norm: str) -> nn.Sequential:
+def _fc_fusion(ch: int, dim: int, side: int, norm: str) -> nn.Sequential:
     """
-    PANet's fully-connected fusion: a conv to half the channels, then one FC layer from the whole
+    PANet's fully-connected fusion: a conv to `dim` channels (PANet: half of `ch`), then one FC layer from the whole
     S x S map to the (2S x 2S) mask, one class-agnostic logit map added to the tower's logits. Every
     output pixel sees the whole ROI (the convs see 9 x 9 cells of 14 x 14), which is what completing
     the hidden part of an occluded object's shape needs.
     """
-    fc = nn.Linear((ch // 2) * side * side, 4 * side * side)
+    fc = nn.Linear(dim * side * side, 4 * side * side)
     # starts as a small correction of the conv logits, as the 1x1 predictor does
     nn.init.normal_(fc.weight, std=0.001)
     nn.init.constant_(fc.bias, 0)
     return nn.Sequential(
-        OrderedDict([("conv", _conv(ch, ch // 2, norm)), ("flatten", nn.Flatten()), ("fc", fc)])
+        OrderedDict([("conv", _conv(ch, dim, norm)), ("flatten", nn.Flatten()), ("fc", fc)])
     )
 
 
@@ -167,6 +167,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
         shared_convs: int = -1,
         flow: Sequence = (),
         fc_fusion: Sequence[str] = (),
+        fc_fusion_dim: int = 0,
         **kwargs,
     ):
         """
@@ -177,6 +178,8 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
             shared_convs: convs shared by all masks; -1 = all (shared deconv too).
             flow: [source, target] mask-name pairs: the source branch's features feed the target's.
             fc_fusion: mask names whose logits get a global fully-connected term (PANet's fusion).
+            fc_fusion_dim: channels of the fusion's conv (its FC reads dim x S x S values); 0 = half
+                of the last conv's, as in PANet.
             kwargs: those of ``BaseMultiMaskHead`` (num_classes, mask_names, loss_weights, primary,
                 relations, constraints, maskiou_*) and ``vis_period``.
         """
@@ -216,7 +219,12 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
         self.towers = nn.ModuleDict(towers)
         self.fc_fusion = nn.ModuleDict(
             {
-                name: _fc_fusion(conv_dims[num_conv - 1], input_shape.height, conv_norm)
+                name: _fc_fusion(
+                    conv_dims[num_conv - 1],
+                    fc_fusion_dim or max(conv_dims[num_conv - 1] // 2, 1),
+                    input_shape.height,
+                    conv_norm,
+                )
                 for name in parse_fc_fusion(fc_fusion, self.mask_names, self.last_conv_index >= 0)
             }
         )
@@ -234,6 +242,7 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
             shared_convs=head.SHARED_CONVS,
             flow=[f if isinstance(f, str) else list(f) for f in head.FLOW],
             fc_fusion=list(head.FC_FUSION),
+            fc_fusion_dim=head.FC_FUSION_DIM,
         )
         return ret
 

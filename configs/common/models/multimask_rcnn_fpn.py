@@ -37,6 +37,8 @@ model.roi_heads.mask_head = L(MultiMaskRCNNConvUpsampleHead)(
     # mask names with PANet's fully-connected fusion (FC_FUSION; needs shared_convs in
     # [0, NUM_CONV - 1]), e.g. ["amodal"]; see multimask/modeling/conv_head.py
     fc_fusion=[],
+    # channels of the fusion's conv; 0 = half of conv_dims[-2], as in PANet
+    fc_fusion_dim=0,
     # inference constraints, e.g. [["contains", "amodal", "visible"]]; see multimask/modeling/constraints.py
     constraints=[],
     # Mask Scoring R-CNN's MaskIoU branch (MASKIOU_ON, MASKIOU_WEIGHT, MASKIOU_MASKS: [] = primary)
