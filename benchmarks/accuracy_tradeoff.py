@@ -66,6 +66,13 @@ RUNS = {
     "towers2_contains": _TOWERS2 + [_HEAD + "CONSTRAINTS", "[['contains','amodal','visible']]"],
     "single_amodal": [_HEAD + "NUM_MASK", "1", _HEAD + "MASK_NAMES", "['amodal']"],
     "single_visible": [_HEAD + "NUM_MASK", "1", _HEAD + "MASK_NAMES", "['visible']"],
+    # single-mask models with the towers2 layout and FC fusion: the joint fc2 run's singles
+    "single_amodal_fc": [_HEAD + "NUM_MASK", "1", _HEAD + "MASK_NAMES", "['amodal']"]
+    + _TOWERS2
+    + [_HEAD + "FC_FUSION", "['amodal']"],
+    "single_visible_fc": [_HEAD + "NUM_MASK", "1", _HEAD + "MASK_NAMES", "['visible']"]
+    + _TOWERS2
+    + [_HEAD + "FC_FUSION", "['visible']"],
 }
 WEIGHTS_FROM = {"towers2_contains": "towers2"}
 MASKS = ("amodal", "visible")
@@ -177,14 +184,15 @@ COLUMNS = [
 ]
 # the columns compared run against run
 DELTAS = [c for c in COLUMNS if c[1].endswith("/AP") and c[1] != "bbox/AP"]
-SINGLES = ("single_amodal", "single_visible")
+# the (amodal, visible) single-mask pairs the joint runs are compared with
+SINGLES = [("single_amodal", "single_visible"), ("single_amodal_fc", "single_visible_fc")]
 
 
 def report(root: str, names, seeds, plain: str = "towers2") -> None:
     """
     Print, as markdown: the table of the runs (means over the seeds, each seed's value in
     brackets); every run against `plain` (AP differences, mean and per seed, and the ratio of train
-    CPU times); every joint run against the two single-mask models.
+    CPU times); every joint run against each pair of single-mask models of SINGLES in `names`.
     """
     per_seed = {n: [read_run(os.path.join(root, f"seed{sd}", n)) for sd in seeds] for n in names}
 
@@ -214,7 +222,7 @@ def report(root: str, names, seeds, plain: str = "towers2") -> None:
             cells.append(cell)
         print(f"| {n} | " + " | ".join(cells) + " |")
 
-    joints = [n for n in names if n not in SINGLES]
+    joints = [n for n in names if not any(n in pair for pair in SINGLES)]
     if plain in names:
         print(f"\nagainst {plain}: AP difference, mean (per seed); train CPU time ratio\n")
         print("| run | " + " | ".join(h for h, _ in DELTAS) + " | train CPU |")
@@ -228,20 +236,21 @@ def report(root: str, names, seeds, plain: str = "towers2") -> None:
                 cpu += " (inference only)"
             cells = [delta(n, plain, k) for _, k in DELTAS]
             print(f"| {n} | " + " | ".join(cells) + f" | {cpu} |")
-    if not all(n in names for n in SINGLES):
-        return
-    combined = [mean(n, "cpu_s") for n in SINGLES]
-    print("\njoint models against the two single-mask models (same schedule and seeds): AP "
-          "difference, mean (per seed); train CPU time over the two single models' sum\n")
-    print("| run | amodal AP | visible AP | train CPU |\n|---|---|---|---|")
-    for n in joints:
-        cells = []
-        for m, single in zip(MASKS, SINGLES):
-            key = f"segm_{m}/AP"
-            cells.append(delta(n, "", key, against=[r.get(key) for r in per_seed[single]]))
-        cpu = mean(n, "cpu_s")
-        cells.append("-" if None in (cpu, *combined) else f"{cpu / sum(combined):.2f}x")
-        print(f"| {n} | " + " | ".join(cells) + " |")
+    for pair in SINGLES:
+        if not all(n in names for n in pair):
+            continue
+        combined = [mean(n, "cpu_s") for n in pair]
+        print(f"\njoint models against {' + '.join(pair)} (same schedule and seeds): AP "
+              "difference, mean (per seed); train CPU time over the two single models' sum\n")
+        print("| run | amodal AP | visible AP | train CPU |\n|---|---|---|---|")
+        for n in joints:
+            cells = []
+            for m, single in zip(MASKS, pair):
+                key = f"segm_{m}/AP"
+                cells.append(delta(n, "", key, against=[r.get(key) for r in per_seed[single]]))
+            cpu = mean(n, "cpu_s")
+            cells.append("-" if None in (cpu, *combined) else f"{cpu / sum(combined):.2f}x")
+            print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 def main():
