@@ -56,6 +56,9 @@ RUNS = {
     + [_HEAD + "FC_FUSION", "['amodal','visible']", _HEAD + "FC_FUSION_DIM", "16"],
     "towers2_fc2_flow": _TOWERS2
     + [_HEAD + "FC_FUSION", "['amodal','visible']", _HEAD + "FLOW", "[['visible','amodal']]"],
+    # the hidden part of the amodal mask weighs 3x in its loss (the occluded subset's weak spot)
+    "towers2_fc2_hidden3": _TOWERS2
+    + [_HEAD + "FC_FUSION", "['amodal','visible']", _HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',3.0]]"],
     "towers2_maskiou": _TOWERS2 + [_HEAD + "MASKIOU_ON", "True"],
     "towers2_occluder": _TOWERS2 + _OCCLUDER,
     # both the visible and the occluder tower feed the amodal one (BCNet's occluder -> occludee)

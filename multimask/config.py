@@ -79,6 +79,10 @@ def add_multimask_config(cfg: CN) -> None:
     # (OUTER = max(OUTER, INNER)) and ["difference", C, B, A] (C = clamp(B - A, 0)), applied in order.
     # [] = none. See multimask/modeling/constraints.py.
     _C.MODEL.ROI_MULTI_MASK_HEAD.CONSTRAINTS = []
+    # Loss weight of the hidden part of an occluded object: entries [WHOLE, VISIBLE, WEIGHT], e.g.
+    # [["amodal", "visible", 2.0]]: in the amodal loss, the pixels of the amodal target outside the
+    # visible target (of ROIs where both are annotated) weigh 2.0, the others 1.0. [] = none.
+    _C.MODEL.ROI_MULTI_MASK_HEAD.HIDDEN_WEIGHTS = []
     # Mask Scoring R-CNN: a MaskIoU branch predicts each scored mask's IoU with its ground truth, and
     # the detection scores are multiplied by it at inference. See multimask/modeling/maskiou.py.
     _C.MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_ON = False
@@ -201,9 +205,11 @@ def check_multimask_config(cfg: CN) -> None:
             "TEST.AUG.ENABLED False."
         )
     # imported here: multimask.modeling imports this module
+    from .modeling.base_head import parse_hidden_weights
     from .modeling.relations import parse_relations
 
     parse_relations(head.RELATIONS, names)
+    parse_hidden_weights(head.HIDDEN_WEIGHTS, names)
 
 
 def _decode_opt(value: Any) -> Any:

@@ -266,3 +266,73 @@ def test_sync_counter_sees_the_per_mask_reference(monkeypatch):
     # per mask: sel.any(); per annotated mask: 2 boolean indexings and 4 .item()
     assert sorted(set(calls)) == ["__bool__", "bool index", "item"]
     assert len(calls) == 3 + 2 * 6
+
+
+def _hidden_loss_case(annotated=None):
+    """One ROI covering the whole 28 x 28 image: the 14 x 14 targets are the masks halved."""
+    inst = Instances((28, 28))
+    inst.proposal_boxes = Boxes(torch.tensor([[0.0, 0, 28, 28]]))
+    inst.gt_classes = torch.tensor([1])
+    amodal = torch.zeros(28, 28, dtype=torch.bool)
+    amodal[4:24, 4:24] = True
+    visible = amodal.clone()
+    visible[4:24, 14:24] = False  # the right half is hidden
+    inst.gt_multimask = MultiMasks(torch.stack([amodal, visible])[None], NAMES, annotated)
+    return inst
+
+
+@pytest.mark.parametrize("visible_annotated", [True, False])
+def test_hidden_weights_weigh_the_hidden_part_of_the_whole_mask(visible_annotated):
+    annotated = torch.tensor([[True, visible_annotated]])
+    logits = torch.randn(1, 2, 3, 14, 14, generator=torch.Generator().manual_seed(0))
+    with EventStorage():
+        plain, _, targets, _ = base_head._mask_loss_and_targets(
+            logits, [_hidden_loss_case(annotated)], NAMES, [1.0, 1.0]
+        )
+        weighted, *_ = base_head._mask_loss_and_targets(
+            logits, [_hidden_loss_case(annotated)], NAMES, [1.0, 1.0], 0, [(0, 1, 3.0)]
+        )
+    amodal, visible = targets[0, 0], targets[0, 1]
+    hidden = amodal & ~visible
+    assert hidden[:, 8:].any() and not hidden[:, :6].any()
+    bce = F.binary_cross_entropy_with_logits(logits[0, :, 1], targets[0].float(), reduction="none")
+    if visible_annotated:
+        expected = (bce[0] * torch.where(hidden, 3.0, 1.0)).mean()
+    else:  # nothing is known to be hidden: the weights stay 1
+        expected = bce[0].mean()
+    torch.testing.assert_close(weighted["loss_mask_amodal"], expected)
+    assert torch.equal(weighted["loss_mask_amodal"], plain["loss_mask_amodal"]) == (not visible_annotated)
+    # the visible mask's loss is untouched
+    torch.testing.assert_close(weighted["loss_mask_visible"], plain["loss_mask_visible"])
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([["amodal", "modal", 2.0]], r"HIDDEN_WEIGHTS\[0\] = \['amodal', 'modal', 2.0\]: mask names \['modal'\]"),
+        ([["amodal", "visible"]], r"HIDDEN_WEIGHTS\[0\].*\[whole, visible, weight\]"),
+        ([["amodal", "amodal", 2.0]], "must differ"),
+        ([["amodal", "visible", 0]], "number > 0"),
+        ([["amodal", "visible", "2"]], "number > 0"),
+        ([["amodal", "visible", 2.0], ["amodal", "visible", 3.0]], r"HIDDEN_WEIGHTS\[1\].*already"),
+    ],
+)
+def test_hidden_weights_config_errors_name_the_entry(entries, message):
+    cfg = get_tiny_config(NAMES)
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.HIDDEN_WEIGHTS = entries
+    with pytest.raises(ValueError, match=message):
+        build_multi_mask_head(cfg, ShapeSpec(channels=8, height=7, width=7))
+
+
+def test_hidden_weights_from_config_reach_the_loss():
+    cfg = get_tiny_config(NAMES)
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.HIDDEN_WEIGHTS = [["amodal", "visible", 2.5]]
+    torch.manual_seed(0)
+    head = build_multi_mask_head(cfg, ShapeSpec(channels=8, height=7, width=7))
+    assert head.hidden_weights == [(0, 1, 2.5)]
+    with EventStorage():
+        weighted = head(_features(1), [_hidden_loss_case()])
+        head.hidden_weights = []
+        plain = head(_features(1), [_hidden_loss_case()])
+    assert weighted["loss_mask_amodal"] > plain["loss_mask_amodal"]
+    torch.testing.assert_close(weighted["loss_mask_visible"], plain["loss_mask_visible"])

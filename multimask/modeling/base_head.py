@@ -4,7 +4,7 @@
 single-mask checkpoint init). A head subclasses it, builds its layers and implements ``layers()``.
 """
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ def _mask_loss_and_targets(
     mask_names: Sequence[str],
     loss_weights: Sequence[float],
     vis_period: int = 0,
+    hidden_weights: Sequence[Tuple[int, int, float]] = (),
 ):
     """``multi_mask_rcnn_loss``, also returning (class-selected logits (R, K, M, M), bool targets
     (R, K, M, M), annotated (R, K)), or None for the three when there is no ROI."""
@@ -81,6 +82,8 @@ def _mask_loss_and_targets(
     # for the GPU to know its size. Sum / count is the mean over the annotated pairs; a mask with no
     # annotated ROI gives 0 / 1, a zero that keeps the graph connected.
     bce = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    if hidden_weights:
+        bce = bce * _hidden_pixel_weights(targets, annotated_t, hidden_weights, bce.dtype)
     ann_px = annotated_t[:, :, None, None]  # (R, K, 1, 1)
     num_annotated = annotated_t.sum(dim=0)  # (K,) int64
     per_mask = torch.where(ann_px, bce, bce.new_zeros(())).sum(dim=(0, 2, 3)) / (
@@ -120,6 +123,53 @@ def _mask_loss_and_targets(
             )
             storage.put_image(f"{name}: left pred, right GT", vis[None].detach().cpu())
     return losses, logits, targets, annotated_t
+
+
+def _hidden_pixel_weights(
+    targets: torch.Tensor,
+    annotated: torch.Tensor,
+    hidden_weights: Sequence[Tuple[int, int, float]],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """
+    (R, K, M, M) per-pixel loss weights: 1, except the pixels of mask `whole` outside mask `visible`
+    (the hidden part of an occluded object) of ROIs where both are annotated, which weigh `weight`
+    in `whole`'s loss. Entries (whole index, visible index, weight) of ``HIDDEN_WEIGHTS``.
+    """
+    weights = torch.ones(targets.shape, dtype=dtype, device=targets.device)
+    for whole, visible, weight in hidden_weights:
+        both = (annotated[:, whole] & annotated[:, visible])[:, None, None]
+        hidden = targets[:, whole] & ~targets[:, visible] & both
+        weights[:, whole] = torch.where(hidden, weights.new_tensor(weight), weights[:, whole])
+    return weights
+
+
+def parse_hidden_weights(entries: Sequence, mask_names: Sequence[str]) -> List[Tuple[int, int, float]]:
+    """
+    Validate ``HIDDEN_WEIGHTS`` entries ``[whole, visible, weight]`` into (index, index, weight).
+
+    Raises:
+        ValueError: naming the entry and what is wrong.
+    """
+    key = "MODEL.ROI_MULTI_MASK_HEAD.HIDDEN_WEIGHTS"
+    names = list(mask_names)
+    out: List[Tuple[int, int, float]] = []
+    for i, entry in enumerate(entries):
+        where = f"{key}[{i}] = {entry!r}"
+        if isinstance(entry, str) or len(entry) != 3:
+            raise ValueError(f"{where}: each entry is [whole, visible, weight], e.g. ['amodal', 'visible', 2.0].")
+        whole, visible, weight = entry
+        unknown = [n for n in (whole, visible) if n not in names]
+        if unknown:
+            raise ValueError(f"{where}: mask names {unknown} are not in MASK_NAMES {names}.")
+        if whole == visible:
+            raise ValueError(f"{where}: the whole and the visible mask must differ.")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise ValueError(f"{where}: the weight must be a number > 0.")
+        if any(names.index(whole) == w for w, _, _ in out):
+            raise ValueError(f"{where}: {whole!r} has a hidden weight already.")
+        out.append((names.index(whole), names.index(visible), float(weight)))
+    return out
 
 
 @torch.jit.unused
@@ -196,6 +246,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
     # Read by scripted inference: an empty list needs its type declared.
     constraints: List[List[int]]
     maskiou_indices: List[int]
+    hidden_weights: List[Tuple[int, int, float]]
 
     def __init_subclass__(cls, **kwargs):
         # TorchScript reads the attribute types of a module's own class only: give every head the
@@ -222,6 +273,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
         maskiou_weight: float = 1.0,
         maskiou_masks: Sequence[str] = (),
         maskiou_dim: int = 256,
+        hidden_weights: Sequence = (),
         **kwargs,
     ):
         """
@@ -237,6 +289,8 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
             maskiou_weight: weight of ``loss_maskiou``.
             maskiou_masks: names of the masks it scores; () = the primary one.
             maskiou_dim: channels of its convs (its fc layers have 4x as many).
+            hidden_weights: entries [whole, visible, weight]: in whole's loss, its pixels outside
+                visible (the hidden part) weigh `weight`.
             kwargs: ``vis_period`` (and ``loss_weight``) of BaseMaskRCNNHead.
         """
         super().__init__(**kwargs)
@@ -249,6 +303,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
         self.primary_index = self.mask_names.index(primary) if primary else 0
         self.relations = parse_relations(relations, self.mask_names)
         self.constraints = parse_constraints(constraints, self.mask_names)
+        self.hidden_weights = parse_hidden_weights(hidden_weights, self.mask_names)
         self.class_selective = False
         self.maskiou_weight = maskiou_weight
         self.maskiou_indices: List[int] = []
@@ -282,6 +337,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
             maskiou_weight=head.MASKIOU_WEIGHT,
             maskiou_masks=list(head.MASKIOU_MASKS),
             maskiou_dim=head.CONV_DIM,
+            hidden_weights=[list(e) for e in head.HIDDEN_WEIGHTS],
         )
         return ret
 
@@ -341,7 +397,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
     @torch.jit.unused
     def _losses(self, x, logits, instances) -> Dict[str, torch.Tensor]:
         losses, selected, targets, annotated = _mask_loss_and_targets(
-            logits, instances, self.mask_names, self.loss_weights, self.vis_period
+            logits, instances, self.mask_names, self.loss_weights, self.vis_period, self.hidden_weights
         )
         per_image = [i.gt_classes for i in instances if len(i) > 0]
         classes = cat(per_image, dim=0) if per_image else x.new_zeros((0,), dtype=torch.int64)

@@ -41,6 +41,8 @@ model.roi_heads.mask_head = L(MultiMaskRCNNConvUpsampleHead)(
     fc_fusion_dim=0,
     # inference constraints, e.g. [["contains", "amodal", "visible"]]; see multimask/modeling/constraints.py
     constraints=[],
+    # loss weight of the hidden part, entries [whole, visible, weight], e.g. [["amodal", "visible", 2.0]]
+    hidden_weights=[],
     # Mask Scoring R-CNN's MaskIoU branch (MASKIOU_ON, MASKIOU_WEIGHT, MASKIOU_MASKS: [] = primary)
     maskiou_on=False,
     maskiou_weight=1.0,
