@@ -43,6 +43,9 @@ _HEAD = "MODEL.ROI_MULTI_MASK_HEAD."
 _TOWERS2 = [_HEAD + "SHARED_CONVS", "2"]
 # the occluder mask (issue 13): a third, supervised mask name (occluders(visible) of the synthetic data)
 _OCCLUDER = [_HEAD + "NUM_MASK", "3", _HEAD + "MASK_NAMES", "['amodal','visible','occluder']"]
+# Every run starts from the plain head (all convs shared, no occlusion-aware addition), whatever the
+# quick config's own default is, then applies its overrides.
+_PLAIN = [_HEAD + "SHARED_CONVS", "-1", _HEAD + "FC_FUSION", "[]", _HEAD + "HIDDEN_WEIGHTS", "[]"]
 RUNS = {
     "joint_shared": [],
     "joint_towers": [_HEAD + "SHARED_CONVS", "0"],
@@ -113,7 +116,7 @@ def read_run(out_dir: str) -> dict:
 
 
 def overrides(name: str, extra) -> list:
-    return ["MODEL.DEVICE", "cpu", *RUNS[name], *extra]
+    return ["MODEL.DEVICE", "cpu", *_PLAIN, *RUNS[name], *extra]
 
 
 def train(name: str, args) -> None:
