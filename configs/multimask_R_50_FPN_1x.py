@@ -19,8 +19,10 @@ from .common.train import custom_imports, train
 
 model.roi_heads.num_classes = 3
 model.roi_heads.mask_head.mask_names = ["amodal", "visible"]
-# The occlusion-aware options (see README), e.g. visible features feeding the amodal branch:
-# model.roi_heads.mask_head.shared_convs = 2; model.roi_heads.mask_head.flow = [["visible", "amodal"]]
+# The occlusion-aware options (see README), e.g. the head the quick and Amodal/ configs use (towers
+# after 2 shared convs, PANet's FC fusion), or visible features feeding the amodal branch:
+# model.roi_heads.mask_head.shared_convs = 2; model.roi_heads.mask_head.fc_fusion = ["amodal", "visible"]
+# model.roi_heads.mask_head.flow = [["visible", "amodal"]]
 # model.roi_heads.mask_head.constraints = [["contains", "amodal", "visible"]]
 # model.roi_heads.mask_head.maskiou_on = True
 

@@ -120,7 +120,8 @@ def _args(out, max_iter):
         "model.backbone.out_channels=32",
         "model.roi_heads.box_head.fc_dims=[64]",
         "model.roi_heads.box_predictor.input_shape.channels=64",
-        "model.roi_heads.mask_head.conv_dims=[32,32]",
+        "model.roi_heads.mask_head.conv_dims=[32,32,32]",
+        "model.roi_heads.mask_head.shared_convs=1",
         "model.roi_heads.mask_head.loss_weights=[1,0.5]",
     ]
     return train_net.get_parser().parse_args(["--config-file", QUICK_PY, *overrides])
@@ -204,7 +205,7 @@ def test_lazy_eval_only_rejects_weights_that_leave_the_model_random(tiny_dataset
     args.eval_only = True
     args.opts += [
         f"train.init_checkpoint={tmp_path / 'model_final.pth'}",
-        "model.roi_heads.mask_head.conv_dims=[16,16]",  # another head than the one trained
+        "model.roi_heads.mask_head.conv_dims=[16,16,16]",  # another head than the one trained
     ]
     with pytest.raises(ValueError, match=r"model_final.pth lacks \d+ of the model's"):
         train_net.main(args)

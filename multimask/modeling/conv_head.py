@@ -187,6 +187,11 @@ class MultiMaskRCNNConvUpsampleHead(BaseMultiMaskHead):
         if len(conv_dims) < 1:
             raise ValueError("conv_dims must have at least one entry (the deconv's channels)")
         num_conv = len(conv_dims) - 1
+        if not -1 <= shared_convs <= num_conv:
+            raise ValueError(
+                f"shared_convs (SHARED_CONVS) must be -1 (all shared) or in [0, {num_conv}] (the "
+                f"number of convs, len(conv_dims) - 1), got {shared_convs}."
+            )
         shared = num_conv if shared_convs < 0 else shared_convs
         share_upsample = shared == num_conv
         order, self.flow_sources = parse_flow(flow, self.mask_names, not share_upsample)
