@@ -239,11 +239,20 @@ def build_train_models(name: str, args) -> Dict[str, torch.nn.Module]:
     cfg = base_cfg("kins", name, args.device)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(KINS_CATEGORIES)
     models = {}
-    for variant, c in (("detectron2", as_mask_rcnn(cfg)), ("ours_k3", cfg)):
+    for variant, c in (("detectron2", as_mask_rcnn(cfg)), ("ours_k3", _with_head_opts(cfg, args))):
         torch.manual_seed(0)
         models[variant] = build_model(c).train()
     load_reference(models, models["detectron2"])
     return models
+
+
+def _with_head_opts(cfg, args):
+    """The multimask config with --head-opts (e.g. the Amodal/ configs' head) merged in."""
+    if not args.head_opts:
+        return cfg
+    cfg = cfg.clone()
+    cfg.merge_from_list(list(args.head_opts))
+    return cfg
 
 
 def train_step_fn(model: torch.nn.Module, inputs: List[Dict], device: str, seed: int = 1):
@@ -311,7 +320,8 @@ def memory_worker(args) -> None:
     torch.manual_seed(0)
     cfg = base_cfg("kins", name, args.device)
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(KINS_CATEGORIES)
-    model = build_model(as_mask_rcnn(cfg) if args.memory_worker == "detectron2" else cfg).train()
+    ours = _with_head_opts(cfg, args)
+    model = build_model(as_mask_rcnn(cfg) if args.memory_worker == "detectron2" else ours).train()
     fn = train_step_fn(model, inputs, args.device)
     base = rss_mib()
     fn()
@@ -326,6 +336,8 @@ def cpu_memory(args, kins_json: str, kins_root: str, out: Dict) -> None:
             "--train-threads", str(args.train_threads), "--train-batch", str(args.train_batch),
             "--device", args.device,
         ]  # fmt: skip
+        if args.head_opts:
+            worker += ["--head-opts", *args.head_opts]
         r = peak_rss_of(script, worker)
         out[v].update(peak_mib=r["peak_mib"], peak_growth_mib=r["peak_mib"] - r["baseline_mib"])
     out["memory"] = "CPU: peak RSS (VmHWM) of a subprocess per model, 1 step"
@@ -425,6 +437,14 @@ def main():
     parser.add_argument("--skip-eval", action="store_true", help="no evaluation measure")
     parser.add_argument("--data-dir", help="write the generated data here (default: a temp dir)")
     parser.add_argument("--json", help="write all numbers to this file")
+    parser.add_argument(
+        "--head-opts",
+        nargs="+",
+        default=[],
+        help="config overrides of multimask's model in the train step (last), e.g. the Amodal/ "
+        "configs' head: --head-opts MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS 2 "
+        "MODEL.ROI_MULTI_MASK_HEAD.FC_FUSION \"['amodal','visible']\"",
+    )
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     parser.add_argument("--kins-json", help=argparse.SUPPRESS)
     parser.add_argument("--kins-root", help=argparse.SUPPRESS)
