@@ -61,7 +61,8 @@ RUNS = {
     + [_HEAD + "FC_FUSION", "['amodal','visible']", _HEAD + "FLOW", "[['visible','amodal']]"],
     # the hidden part of the amodal mask weighs 3x in its loss (the occluded subset's weak spot)
     "towers2_fc2_hidden3": _TOWERS2
-    + [_HEAD + "FC_FUSION", "['amodal','visible']", _HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',3.0]]"],
+    + [_HEAD + "FC_FUSION", "['amodal','visible']"]
+    + [_HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',3.0]]"],
     "towers2_maskiou": _TOWERS2 + [_HEAD + "MASKIOU_ON", "True"],
     "towers2_occluder": _TOWERS2 + _OCCLUDER,
     # both the visible and the occluder tower feed the amodal one (BCNet's occluder -> occludee)

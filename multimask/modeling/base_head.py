@@ -144,7 +144,9 @@ def _hidden_pixel_weights(
     return weights
 
 
-def parse_hidden_weights(entries: Sequence, mask_names: Sequence[str]) -> List[Tuple[int, int, float]]:
+def parse_hidden_weights(
+    entries: Sequence, mask_names: Sequence[str]
+) -> List[Tuple[int, int, float]]:
     """
     Validate ``HIDDEN_WEIGHTS`` entries ``[whole, visible, weight]`` into (index, index, weight).
 
@@ -157,7 +159,9 @@ def parse_hidden_weights(entries: Sequence, mask_names: Sequence[str]) -> List[T
     for i, entry in enumerate(entries):
         where = f"{key}[{i}] = {entry!r}"
         if isinstance(entry, str) or len(entry) != 3:
-            raise ValueError(f"{where}: each entry is [whole, visible, weight], e.g. ['amodal', 'visible', 2.0].")
+            raise ValueError(
+                f"{where}: each entry is [whole, visible, weight], e.g. ['amodal', 'visible', 2.0]."
+            )
         whole, visible, weight = entry
         unknown = [n for n in (whole, visible) if n not in names]
         if unknown:
@@ -397,7 +401,12 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
     @torch.jit.unused
     def _losses(self, x, logits, instances) -> Dict[str, torch.Tensor]:
         losses, selected, targets, annotated = _mask_loss_and_targets(
-            logits, instances, self.mask_names, self.loss_weights, self.vis_period, self.hidden_weights
+            logits,
+            instances,
+            self.mask_names,
+            self.loss_weights,
+            self.vis_period,
+            self.hidden_weights,
         )
         per_image = [i.gt_classes for i in instances if len(i) > 0]
         classes = cat(per_image, dim=0) if per_image else x.new_zeros((0,), dtype=torch.int64)

@@ -41,7 +41,7 @@ model.roi_heads.mask_head = L(MultiMaskRCNNConvUpsampleHead)(
     fc_fusion_dim=0,
     # inference constraints, e.g. [["contains", "amodal", "visible"]]; see multimask/modeling/constraints.py
     constraints=[],
-    # loss weight of the hidden part, entries [whole, visible, weight], e.g. [["amodal", "visible", 2.0]]
+    # loss weight of the hidden part: [whole, visible, weight] entries, e.g. [["amodal", "visible", 2]]
     hidden_weights=[],
     # Mask Scoring R-CNN's MaskIoU branch (MASKIOU_ON, MASKIOU_WEIGHT, MASKIOU_MASKS: [] = primary)
     maskiou_on=False,
