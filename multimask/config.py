@@ -205,7 +205,7 @@ def check_multimask_config(cfg: CN) -> None:
             "TEST.AUG.ENABLED False."
         )
     # imported here: multimask.modeling imports this module
-    from .modeling.base_head import parse_hidden_weights
+    from .modeling.mask_loss import parse_hidden_weights
     from .modeling.relations import parse_relations
 
     parse_relations(head.RELATIONS, names)
