@@ -77,12 +77,16 @@ def test_crop_and_resize_matches_bitmasks():
     idx = torch.tensor([4, 0, 0, 3, 1])  # a view with repeats, as proposal matching makes
     out = mm[idx].crop_and_resize(boxes, 14)
     assert out.shape == (5, 2, 14, 14) and out.dtype == torch.bool
-    # BitMasks' ROIAlign, aligned, with 2 x 2 samples per pixel (BitMasks samples adaptively)
+    # BitMasks' ROIAlign, aligned, with 2 x 2 samples per pixel (BitMasks samples adaptively); on
+    # noise and integer boxes many pixels are ties (a mean of exactly 0.5), where float rounding
+    # decides: ROIAlign itself gives 0.49999991 for some of them
     rois = torch.cat([torch.arange(5.0)[:, None], boxes], dim=1)
     align = ROIAlign((14, 14), 1.0, 2, aligned=True)
     for k in range(2):
-        expected = align(data[idx, k][:, None].float(), rois)[:, 0] >= 0.5
-        assert torch.equal(out[:, k], expected)
+        value = align(data[idx, k][:, None].float(), rois)[:, 0]
+        differ = out[:, k] != (value >= 0.5)
+        assert ((value[differ] - 0.5).abs() < 1e-5).all(), value[differ]
+        assert differ.float().mean() < 0.005
         # on noise, the worst case, most pixels still agree with BitMasks' own sampling
         same = out[:, k] == BitMasks(data[idx, k]).crop_and_resize(boxes, 14)
         assert same.float().mean() > 0.85

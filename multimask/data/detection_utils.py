@@ -6,13 +6,13 @@ boxes of all instances are transformed in one call, the polygon vertices of ever
 instance in one ``apply_coords`` call, RLE masks eight per ``apply_segmentation`` call. Nothing is
 held at image size: polygons stay polygons (MASK_FORMAT "polygon", rasterised per ROI by the loss)
 or are rasterised on their own boxes (MASK_FORMAT "bitmask"), RLE masks are kept on their boxes, and
-derived masks (``amodal - visible``) keep their operands.
+a derived mask (``amodal - visible``) is computed exactly on the original image, as evaluation
+computes it (``segmentation_to_rle``), then transformed and kept on its box like an RLE mask.
 """
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -21,20 +21,21 @@ from detectron2.structures import Boxes, BoxMode, Instances, PolygonMasks
 
 from ..structures import (
     BitCrop,
-    DerivedMask,
     MaskStorage,
     MultiMasks,
     PolygonMask,
     is_derived,
-    segmentation_to_rle,
+    segmentation_to_crop,
 )
 from ..structures.leaves import Leaf, rasterize_polygons_in_boxes
+from ..structures.segmentation import check_polygon_coords, is_valid_polygon
 
-__all__ = ["check_mask_names", "multimask_annotations_to_instances", "transform_boxes"]
-
-# Largest |polygon coordinate| accepted, in pixels of the original image.
-MAX_POLYGON_COORD = 1e5
-
+__all__ = [
+    "check_mask_names",
+    "check_same_classes",
+    "multimask_annotations_to_instances",
+    "transform_boxes",
+]
 
 def check_mask_names(dataset_names: Sequence[str], mask_names: Sequence[str]) -> None:
     """
@@ -72,6 +73,48 @@ def check_mask_names(dataset_names: Sequence[str], mask_names: Sequence[str]) ->
             )
 
 
+def check_same_classes(dataset_names: Sequence[str]) -> None:
+    """
+    Check that the datasets of one run (train and test) have the same classes in the same order:
+    class ids that mean other classes in another split train or score silently wrong.
+
+    A LabelMe folder registered without ``thing_classes`` takes its classes from the labels it
+    finds (a test split lacking a class shifts every id after it); such a folder is loaded here to
+    know them. Datasets whose classes are known only once loaded otherwise (COCO-style JSON, which
+    declares its categories) are compared when known. Call it at start-up, before training.
+
+    Args:
+        dataset_names: registered dataset names (e.g. cfg.DATASETS.TRAIN + cfg.DATASETS.TEST).
+
+    Raises:
+        ValueError: naming the two datasets and how their classes differ.
+    """
+    first: Optional[Tuple[str, List[str]]] = None
+    for name in dataset_names:
+        meta = MetadataCatalog.get(name)
+        if meta.get("thing_classes") is None and meta.get("json_dir") is not None:
+            DatasetCatalog.get(name)  # a LabelMe folder: loading sets the classes of its labels
+        classes = meta.get("thing_classes")
+        if classes is None:
+            continue
+        if first is None:
+            first = (name, list(classes))
+            continue
+        if list(classes) != first[1]:
+            ref, theirs = first[1], list(classes)
+            missing = [c for c in ref if c not in theirs]
+            extra = [c for c in theirs if c not in ref]
+            how = f"missing {missing}, " if missing else ""
+            how += f"extra {extra}, " if extra else ""
+            raise ValueError(
+                f"Datasets '{first[0]}' and '{name}' have different classes ({how}'{first[0]}': "
+                f"{ref}, '{name}': {theirs}): a class id would mean another class in one of them. "
+                "A LabelMe folder takes its classes from its labels; give every split the same "
+                "list, register_multimask_labelme_instances(..., metadata={'thing_classes': "
+                f"{ref}}})."
+            )
+
+
 def transform_boxes(
     annos: Sequence[Dict[str, Any]],
     transforms: Optional[T.TransformList],
@@ -105,7 +148,9 @@ def transform_boxes(
 
 
 def _transform_polygons(
-    polygons: List[np.ndarray], transforms: Optional[T.TransformList]
+    polygons: List[np.ndarray],
+    transforms: Optional[T.TransformList],
+    original_size: Tuple[int, int],
 ) -> np.ndarray:
     """
     Check and transform the vertices of many polygons in one call.
@@ -113,20 +158,16 @@ def _transform_polygons(
     Args:
         polygons: (P_i, 2) vertex arrays.
         transforms: applied to the vertices; None = none.
+        original_size: (H0, W0) of the image the vertices are in, for the coordinate limit.
 
     Returns:
         (sum P_i, 2) float64 vertices. Polygons are not clipped to a crop: the rasteriser clips at
         the image border exactly, so the result equals clipping first.
     """
+    # The loaders reject these with the file and ids; dicts from other sources are checked here by
+    # the same rule, since pycocotools would exhaust memory on them rather than raise.
+    check_polygon_coords(polygons, *original_size)
     coords = np.concatenate(polygons)
-    # The loaders reject these; dicts from other sources are checked here, since pycocotools would
-    # exhaust memory on them rather than raise.
-    if not np.isfinite(coords).all() or np.abs(coords).max() > MAX_POLYGON_COORD:
-        bad = coords[~np.isfinite(coords) | (np.abs(coords) > MAX_POLYGON_COORD)][0]
-        raise ValueError(
-            f"a polygon has the coordinate {bad:g}: coordinates must be finite and within "
-            f"+-{MAX_POLYGON_COORD:g} px"
-        )
     if transforms is not None:
         coords = transforms.apply_coords(coords)
     return np.asarray(coords, dtype=np.float64)
@@ -153,13 +194,15 @@ def _transform_bit_masks(
     image_size: Tuple[int, int],
 ) -> List[Tuple[int, int, np.ndarray]]:
     """
-    Transform RLE / array masks and keep each on its box only.
+    Transform RLE / array / derived masks and keep each on its box only.
 
-    Masks are decoded at the original size and go through ``apply_segmentation`` eight per call, one
-    bit of a uint8 plane each: ``apply_segmentation`` keeps label values (nearest-neighbour resize,
-    flips, crops; 0 where it pads, see ``_zero_padding``), so every bit lands where its pixel lands.
-    Each mask is then cut to its tight box plus a zero margin of one pixel (where the image allows),
-    found inside its transformed RLE box, so no mask is held at image size.
+    Each mask is decoded on its own box at the original size (``segmentation_to_crop``; a derived
+    mask is its exact result, as evaluation computes it), and the masks go through
+    ``apply_segmentation`` eight per call, one bit of a uint8 plane each: ``apply_segmentation``
+    keeps label values (nearest-neighbour resize, flips, crops; 0 where it pads, see
+    ``_zero_padding``), so every bit lands where its pixel lands. Each mask is then cut to its tight
+    box plus a zero margin of one pixel (where the image allows), found inside its transformed box,
+    so no mask is held at image size.
 
     Args:
         jobs: (leaf, mask) pairs; each BitCrop leaf gets its window here.
@@ -172,21 +215,24 @@ def _transform_bit_masks(
     """
     h0, w0 = original_size
     h, w = image_size
-    seg_transforms = None if transforms is None else _zero_padding(transforms)
+    memo: Dict[int, Any] = {}  # operands shared by several derived masks are encoded once
+    placed = [segmentation_to_crop(segm, h0, w0, memo) for _, segm in jobs]
+    if transforms is None:
+        if (h0, w0) != (h, w):
+            raise ValueError(f"masks of size {(h0, w0)}, no transforms, but an image of {(h, w)}")
+        return [_with_margin(x0, y0, bits, h, w) for x0, y0, bits in placed]
+    seg_transforms = _zero_padding(transforms)
     crops: List[Tuple[int, int, np.ndarray]] = []
-    for start in range(0, len(jobs), 8):
-        group = jobs[start : start + 8]
-        rles = [segmentation_to_rle(segm, h0, w0) for _, segm in group]
-        boxes = mask_util.toBbox(rles).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        if transforms is not None:
-            boxes = transforms.apply_box(boxes)
-        decoded = mask_util.decode(rles).reshape(h0, w0, -1)
+    for start in range(0, len(placed), 8):
+        group = placed[start : start + 8]
         plane = np.zeros((h0, w0), dtype=np.uint8)
-        for bit in range(len(group)):
-            plane |= decoded[:, :, bit] << bit
-        if seg_transforms is not None:
-            plane = seg_transforms.apply_segmentation(plane)
+        boxes = np.zeros((len(group), 4), dtype=np.float64)
+        for bit, (x0, y0, bits) in enumerate(group):
+            bh, bw = bits.shape
+            plane[y0 : y0 + bh, x0 : x0 + bw] |= bits.view(np.uint8) << bit
+            boxes[bit] = (x0, y0, x0 + bw, y0 + bh)
+        boxes = transforms.apply_box(boxes)
+        plane = seg_transforms.apply_segmentation(plane)
         if plane.shape != (h, w):
             raise ValueError(
                 f"the transforms turned a mask of size {(h0, w0)} into {plane.shape}, but the "
@@ -207,13 +253,29 @@ def _transform_bit_masks(
     return crops
 
 
+def _with_margin(x0: int, y0: int, bits: np.ndarray, h: int, w: int) -> Tuple[int, int, np.ndarray]:
+    """A tight crop with a zero margin of one pixel where the (h, w) image allows."""
+    if bits.size == 0:
+        return 0, 0, np.zeros((0, 0), dtype=bool)
+    bh, bw = bits.shape
+    top, left = min(y0, 1), min(x0, 1)
+    bottom, right = min(h - y0 - bh, 1), min(w - x0 - bw, 1)
+    return x0 - left, y0 - top, np.pad(bits, ((top, bottom), (left, right)))
+
+
 def _to_bits(leaf: Leaf, bits_of: Dict[int, BitCrop]) -> Leaf:
-    """`leaf` with its polygon masks replaced by their BitCrops (``INPUT.MASK_FORMAT "bitmask"``)."""
-    if isinstance(leaf, PolygonMask):
-        return bits_of[id(leaf)]
-    if isinstance(leaf, DerivedMask):
-        return DerivedMask(leaf.op, _to_bits(leaf.a, bits_of), _to_bits(leaf.b, bits_of))
-    return leaf
+    """`leaf` as its BitCrop if it is a polygon mask (``INPUT.MASK_FORMAT "bitmask"``)."""
+    return bits_of[id(leaf)] if isinstance(leaf, PolygonMask) else leaf
+
+
+def _operand_polygons(segm: Any) -> List[np.ndarray]:
+    """The (P, 2) vertices of every polygon among a derived mask's operands, at any depth."""
+    if is_derived(segm):
+        return [v for x in segm["operands"] for v in _operand_polygons(x)]
+    if isinstance(segm, list):
+        valid = [p for p in segm if is_valid_polygon(p)]
+        return [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in valid]
+    return []
 
 
 def multimask_annotations_to_instances(
@@ -231,8 +293,10 @@ def multimask_annotations_to_instances(
 
     Instances whose box is empty after the transforms are dropped, with all their masks. Nothing is
     rasterised at image size: polygons stay polygons (or, with mask_format "bitmask", are rasterised
-    on their boxes), RLE masks are kept on their boxes, and derived masks (``amodal - visible``, see
-    ``multimask.structures.derived_mask``) keep their operands, shared with the masks they come from.
+    on their boxes), RLE masks are kept on their boxes, and a derived mask (``amodal - visible``,
+    see ``multimask.structures.derived_mask``) is kept on its box as the bits of its exact result
+    on the original image (``segmentation_to_rle``, the mask evaluation scores), transformed as an
+    RLE mask: its training target is that single mask's, whatever the forms of its operands.
 
     Args:
         annos: annotations with ``bbox``, ``bbox_mode``, ``category_id`` and ``multimask`` (dict
@@ -243,7 +307,9 @@ def multimask_annotations_to_instances(
         primary: the name also given as ``gt_masks``; None = the first of mask_names.
         transforms: applied to boxes and masks; None = the annotations are already at image_size.
         original_size: (H0, W0) the RLE / array masks have; None = image_size.
-        recompute_boxes: replace the boxes by the boxes of the union of each instance's masks
+        recompute_boxes: replace the boxes by the boxes of each instance's primary mask as
+            transformed, polygons clipped to the crop as detectron2 clips them (see
+            ``_recomputed_boxes``); set with crop augmentation, as detectron2's mapper does
             (after a crop, the annotated box can be larger than what is left of the object).
         mask_format: "polygon" (detectron2's default) or "bitmask": polygons rasterised here.
 
@@ -267,28 +333,26 @@ def multimask_annotations_to_instances(
     leaves: List[List[Leaf]] = [[None] * k for _ in range(n)]
     polygon_leaves: List[PolygonMask] = []
     vertices: List[np.ndarray] = []  # (P, 2) per polygon of every polygon leaf
-    bit_jobs: List[Tuple[BitCrop, Any]] = []  # RLE / array masks, windows filled in later
+    bit_jobs: List[Tuple[BitCrop, Any]] = []  # RLE / array / derived masks, windows filled later
+    operand_vertices: List[np.ndarray] = []  # (P, 2) per polygon operand of a derived mask
 
     def leaf_of(segm: Any, memo: Dict[int, Leaf]) -> Leaf:
-        # one leaf per mask object of the image: a derived mask shares its operands' leaves (also
-        # those of other annotations, e.g. an occluder mask made of the objects in front)
+        # one leaf per mask object of the image (several names can give the same object)
         if id(segm) in memo:
             return memo[id(segm)]
         leaf: Leaf = None
         if isinstance(segm, list):
             valid = [
-                np.asarray(p, dtype=np.float64).reshape(-1, 2)
-                for p in segm
-                if len(p) >= 6 and len(p) % 2 == 0
+                np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in segm if is_valid_polygon(p)
             ]
             if valid:
                 leaf = PolygonMask(None, [len(v) for v in valid])
                 polygon_leaves.append(leaf)
                 vertices.extend(valid)
-        elif is_derived(segm):
-            a, b = segm["operands"]
-            leaf = DerivedMask(segm["op"], leaf_of(a, memo), leaf_of(b, memo))
         else:
+            if is_derived(segm):
+                # rasterised from the original polygons: checked as the polygons of leaves are
+                operand_vertices.extend(_operand_polygons(segm))
             leaf = BitCrop(0, 0, 0, 0, 0)
             bit_jobs.append((leaf, segm))
         memo[id(segm)] = leaf
@@ -305,8 +369,10 @@ def multimask_annotations_to_instances(
             # a list whose polygons are all degenerate is not annotated; [] is an empty mask
             annotated[i, j] = leaves[i][j] is not None or not isinstance(segm, list) or not segm
 
+    if operand_vertices:
+        check_polygon_coords(operand_vertices, *(original_size or image_size))
     if vertices:
-        coords = _transform_polygons(vertices, transforms)
+        coords = _transform_polygons(vertices, transforms, original_size or image_size)
         first = 0
         for leaf in polygon_leaves:
             count = int(leaf.lengths.sum())
@@ -346,6 +412,114 @@ def multimask_annotations_to_instances(
     else:
         instances.gt_masks = multimask.named(mask_names[p])
     if recompute_boxes:
-        instances.gt_boxes = multimask.get_bounding_boxes()
+        window = _clip_window(transforms, image_size)
+        boxes = _recomputed_boxes(multimask, leaves, annotated, p, window)
+        instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
         instances = instances[instances.gt_boxes.nonempty()]
     return instances
+
+
+def _clip_window(transforms: Optional[T.TransformList], image_size: Tuple[int, int]) -> np.ndarray:
+    """
+    The (x0, y0, x1, y1) window, in output coordinates, that detectron2 clips polygons to: each
+    ``CropTransform.apply_polygons`` intersects the polygons with its crop window. Clipping commutes
+    with the axis-aligned transforms around it (resize, flip, pad), so every crop's window is
+    carried to the output and the windows are intersected, with the image.
+    """
+    h, w = image_size
+    window = np.array([0.0, 0.0, w, h])
+    steps = [] if transforms is None else transforms.transforms
+    for k, t in enumerate(steps):
+        if isinstance(t, T.CropTransform):
+            crop = np.array([[t.x0, t.y0, t.x0 + t.w, t.y0 + t.h]], dtype=np.float64)
+            crop = T.TransformList(steps[k:]).apply_box(crop)[0]
+            window = np.concatenate(
+                [np.maximum(window[:2], crop[:2]), np.minimum(window[2:], crop[2:])]
+            )
+    return window
+
+
+def _polygon_window_extent(v: np.ndarray, window: np.ndarray) -> Optional[np.ndarray]:
+    """
+    (x0, y0, x1, y1) of the part of a polygon inside a window (None when they do not meet), what shapely's intersection
+    gives detectron2 for a simple polygon: the extent of that region's vertices, which are the
+    polygon's vertices inside the window, the window's corners inside the polygon (even-odd) and
+    the crossings of the polygon's edges with the window's sides.
+
+    Args:
+        v: (P, 2) vertices of one polygon.
+        window: (x0, y0, x1, y1).
+    """
+    x0, y0, x1, y1 = window
+    if x1 <= x0 or y1 <= y0:
+        return None
+    inside = (v[:, 0] >= x0) & (v[:, 0] <= x1) & (v[:, 1] >= y0) & (v[:, 1] <= y1)
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    points = [v[inside], corners[_inside_polygon(corners, v)]]
+    a, d = v, np.roll(v, -1, axis=0) - v
+    for axis, lines, (lo, hi) in ((0, (x0, x1), (y0, y1)), (1, (y0, y1), (x0, x1))):
+        other = 1 - axis
+        for c in lines:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = (c - a[:, axis]) / d[:, axis]
+            hit = (d[:, axis] != 0) & (t >= 0) & (t <= 1)
+            q = a[hit, other] + t[hit] * d[hit, other]
+            q = q[(q >= lo) & (q <= hi)]
+            crossing = np.empty((len(q), 2))
+            crossing[:, axis], crossing[:, other] = c, q
+            points.append(crossing)
+    pts = np.concatenate(points)
+    return np.concatenate([pts.min(axis=0), pts.max(axis=0)]) if len(pts) else None
+
+
+def _inside_polygon(points: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(Q,) bool: which points lie inside the polygon with vertices `v` (even-odd rule)."""
+    x, y = points[:, :1], points[:, 1:]
+    xa, ya = v[:, 0], v[:, 1]
+    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+    straddles = (ya > y) != (yb > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross_x = xa + (y - ya) * (xb - xa) / (yb - ya)
+    return (straddles & (x < cross_x)).sum(axis=1) % 2 == 1
+
+
+def _recomputed_boxes(
+    multimask: MultiMasks,
+    leaves: List[List[Leaf]],
+    annotated: np.ndarray,
+    primary: int,
+    window: np.ndarray,
+) -> np.ndarray:
+    """
+    The boxes detectron2's mapper recomputes after a crop (``gt_masks.get_bounding_boxes()``):
+    of each instance's primary mask as cropped, polygons clipped to the crop window (their extent,
+    as ``PolygonMasks``), bits tight (as ``BitMasks``). An instance whose primary mask is not
+    annotated gets the box of the union of its annotated masks, the loaders' rule for its box.
+
+    Returns:
+        ndarray of shape (N, 4), XYXY; empty boxes for instances left without pixels.
+    """
+    n, k = annotated.shape
+    columns = [primary] if annotated[:, primary].all() else range(k)
+    per_mask = np.zeros((n, k, 4))
+    for j in columns:
+        per_mask[:, j] = multimask.get_bounding_boxes([multimask.mask_names[j]]).tensor.numpy()
+        for i in range(n):
+            if isinstance(leaves[i][j], PolygonMask):
+                polygons = [q.reshape(-1, 2) for q in leaves[i][j].polygons()]
+                extents = [_polygon_window_extent(q, window) for q in polygons]
+                per_mask[i, j] = _union_box([e for e in extents if e is not None])
+    boxes = per_mask[:, primary].copy()
+    for i in np.flatnonzero(~annotated[:, primary]):
+        nonempty = [
+            b for j, b in enumerate(per_mask[i]) if annotated[i, j] and (b[2:] > b[:2]).all()
+        ]
+        boxes[i] = _union_box(nonempty)
+    return boxes
+
+
+def _union_box(boxes: List[np.ndarray]) -> np.ndarray:
+    """The (4,) XYXY box holding every box of `boxes`; all zeros (empty) when there is none."""
+    if not boxes:
+        return np.zeros(4)
+    return np.concatenate([np.min(boxes, axis=0)[:2], np.max(boxes, axis=0)[2:]])

@@ -6,9 +6,12 @@ A mask of one instance is stored as one of:
 - ``None``: empty (or not annotated: ``MultiMasks.annotated`` tells which);
 - ``PolygonMask``: polygons in image coordinates (numpy, on the CPU, like ``PolygonMasks``);
 - ``BitCrop``: bits of the mask's box only (plus a one-pixel zero margin inside the image), a slice
-  of one packed 1-D bool tensor per ``MultiMasks`` that follows ``.to(device)``;
-- ``DerivedMask``: a set operation on two stored masks (e.g. occluded = amodal - visible), never
-  rasterised to the image: its pixels are computed on each ROI from its operands' crops.
+  of one packed 1-D bool tensor per ``MultiMasks`` that follows ``.to(device)``.
+
+A derived mask (``occluded = amodal - visible``) is stored as the ``BitCrop`` of its exact result
+(``segmentation_to_rle``, the masks evaluation scores), made by the mapper like any RLE mask: there
+is no set operation here, so its training target is the target of that one mask whatever the forms
+of its operands.
 
 Polygons are rasterised on ROIs by pycocotools, batched (``rasterize_polygons_on_rois``), with the
 same arithmetic as detectron2's ``rasterize_polygons_within_box``: the result is identical to
@@ -22,11 +25,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pycocotools.mask as mask_util
 
-from .segmentation import DERIVED_OPS, shift_polygon_coords
+from .segmentation import is_valid_polygon, shift_polygon_coords
 
 __all__ = [
     "BitCrop",
-    "DerivedMask",
     "Leaf",
     "PolygonMask",
     "rasterize_polygons_in_boxes",
@@ -51,8 +53,10 @@ class PolygonMask:
 
     @classmethod
     def from_polygons(cls, polygons: Sequence[Sequence[float]]) -> Optional["PolygonMask"]:
-        """From flat [x0, y0, x1, y1, ...] polygons; those with < 3 points are skipped (None if all)."""
-        arrays = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygons if len(p) >= 6]
+        """From flat [x0, y0, x1, y1, ...] polygons; those failing ``is_valid_polygon`` are skipped
+        (None if all)."""
+        valid = [p for p in polygons if is_valid_polygon(p)]
+        arrays = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in valid]
         if not arrays:
             return None
         return cls(np.concatenate(arrays), [len(a) for a in arrays])
@@ -83,18 +87,7 @@ class BitCrop:
         return BitCrop(self.offset + offset, self.x0, self.y0, self.h, self.w)
 
 
-class DerivedMask:
-    """``a op b`` for op in "-" (a and not b), "&", "|", on two stored masks (None = empty)."""
-
-    __slots__ = ("op", "a", "b")
-
-    def __init__(self, op: str, a: "Leaf", b: "Leaf"):
-        if op not in DERIVED_OPS:
-            raise ValueError(f"a derived mask's op must be one of {DERIVED_OPS}, got {op!r}")
-        self.op, self.a, self.b = op, a, b
-
-
-Leaf = Optional[Union[PolygonMask, BitCrop, DerivedMask]]
+Leaf = Optional[Union[PolygonMask, BitCrop]]
 
 
 def rasterize_polygons_on_rois(

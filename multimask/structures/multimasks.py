@@ -9,7 +9,7 @@ from detectron2.structures import BitMasks, Boxes, PolygonMasks
 
 from .leaves import BitCrop, Leaf, PolygonMask
 from .segmentation import segmentation_to_bitmask
-from .storage import MaskStorage, _extent, _moved, _walk
+from .storage import MaskStorage, _extent, _moved
 
 if TYPE_CHECKING:
     from .named_masks import NamedMasks
@@ -25,8 +25,9 @@ class MultiMasks:
     evaluator do); it is never a claim that the object has an empty mask.
 
     Masks are stored compactly (see ``multimask.structures.leaves``): polygons stay polygons, bits are
-    kept on each mask's box only, and derived masks (``amodal - visible``) as their operands. Nothing
-    is held at image size unless a full-image accessor (``tensor``, ``get``, ``area``) asks for it.
+    kept on each mask's box only, and a derived mask (``amodal - visible``) as the bits of its exact
+    result on its box. Nothing is held at image size unless a full-image accessor (``tensor``,
+    ``get``, ``area``) asks for it.
     ``crop_and_resize`` (the training targets) rasterises each ROI at M x M, on the ROIs' device.
 
     Indexing does not copy the masks: a view keeps an index into the stored masks, so detectron2's
@@ -225,7 +226,7 @@ class MultiMasks:
         for m in multimasks_list:
             store = m._storage
             # leaves keep their coordinates; bit crops move by the packed offset of their storage
-            memo: Dict[int, Leaf] = {}
+            memo: Dict[int, Leaf] = {}  # a leaf shared by several masks stays shared
             for s in m._index.tolist():  # host-side leaves are picked by index: one transfer
                 leaves.append([_moved(x, offset, memo) for x in store.leaves[s]])
             flats.append(store.flat.to(device))
@@ -258,7 +259,7 @@ class MultiMasks:
     @property
     def has_polygons(self) -> bool:
         """Whether some masks are stored as polygons (rasterised when needed)."""
-        return any(isinstance(x, PolygonMask) for row in self._storage.leaves for x in _walk(row))
+        return any(isinstance(x, PolygonMask) for row in self._storage.leaves for x in row)
 
     @property
     def tensor(self) -> torch.Tensor:
@@ -295,8 +296,8 @@ class MultiMasks:
     def get_bounding_boxes(self, names: Optional[Sequence[str]] = None) -> Boxes:
         """
         Per instance, the box of the union of its masks (of `names`; None = all), clipped to the image,
-        without rasterising: tight for bits, the vertex extent for polygons (as ``PolygonMasks``); a
-        difference ``a - b`` takes the box of ``a``. An instance without pixels gets an empty box.
+        without rasterising: tight for bits (derived masks included), the vertex extent for polygons
+        (as ``PolygonMasks``). An instance without pixels gets an empty box.
         """
         cols = range(len(self.mask_names)) if names is None else [self.name_index(n) for n in names]
         store, h, w = self._storage, *self.image_size
@@ -316,8 +317,9 @@ class MultiMasks:
         """
         Crop each instance's masks to its box and resize them to M x M, as ``PolygonMasks`` /
         ``BitMasks.crop_and_resize`` do for one mask (polygons: identical to ``PolygonMasks``; bits:
-        ROIAlign, aligned, >= 0.5, as ``BitMasks``). A derived mask is computed from its operands'
-        M x M crops. Only the ROIs' rasters are made: nothing at image size.
+        ROIAlign, aligned, >= 0.5, as ``BitMasks``, with 2 x 2 samples per pixel). A derived mask is
+        stored as the bits of its exact result, so its target is that single mask's, whatever the
+        forms of its operands. Only the ROIs' rasters are made: nothing at image size.
 
         Args:
             boxes: shape (N, 4), XYXY in image coordinates, one per instance.

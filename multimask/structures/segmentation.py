@@ -5,11 +5,13 @@ A mask of one instance is given as polygons (a list of flat ``[x0, y0, x1, y1, .
 arrays, image coordinates), an RLE dict (pycocotools' compressed or uncompressed counts), an
 (H, W) array, or a *derived* mask: a set operation on two such masks kept as its operands
 (``derived_mask``), e.g. ``occluded = amodal - visible``. ``segmentation_to_rle`` and
-``segmentation_to_bitmask`` turn every form into a full-image RLE / bitmask; the training targets
-never need the full image (see ``MultiMasks.crop_and_resize``).
+``segmentation_to_bitmask`` turn every form into a full-image RLE / bitmask, and
+``segmentation_to_crop`` into the bits of its box only. ``_encode_one`` is the one implementation of
+the set operations: evaluation scores its result, and the mapper keeps the same result (on its box)
+as the training mask, so a derived mask's target is the target of the mask that is evaluated.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -17,14 +19,62 @@ import torch
 
 __all__ = [
     "DERIVED_OPS",
+    "MAX_POLYGON_EXTENT",
+    "check_polygon_coords",
+    "is_valid_polygon",
     "derived_mask",
     "is_derived",
     "rle_runs",
     "segmentation_to_bitmask",
+    "segmentation_to_crop",
     "segmentation_to_rle",
     "shift_polygon_coords",
 ]
 
+
+
+def is_valid_polygon(polygon: Any) -> bool:
+    """
+    The one validity rule for a polygon of a mask, as detectron2's ``load_coco_json`` filters
+    them: a flat ``[x0, y0, x1, y1, ...]`` sequence with an even count of at least 6 numbers
+    (3 points). Every reader, the mapper and the rasteriser drop the others.
+    """
+    return len(polygon) >= 6 and len(polygon) % 2 == 0
+
+
+# Polygon vertices farther than this many image sizes from the image are an error: pycocotools
+# allocates memory in proportion to a polygon's extent (1e8 px needs ~8 GB), and a NaN vertex is
+# worse still, so such a value would end the process instead of raising.
+MAX_POLYGON_EXTENT = 10
+
+
+def check_polygon_coords(polygons: Sequence[Any], height: int, width: int) -> None:
+    """
+    Check the coordinates of polygons against the one coordinate limit: finite numbers, within
+    ``MAX_POLYGON_EXTENT`` times the image size of the image.
+
+    Args:
+        polygons: flat polygons or (P, 2) vertex arrays, in the coordinates of a (height, width)
+            image.
+        height, width: that image's size.
+
+    Raises:
+        ValueError: saying what is wrong (callers add the file, image and annotation).
+    """
+    if len(polygons) == 0:
+        return
+    try:
+        coords = np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in polygons])
+    except (TypeError, ValueError):
+        raise ValueError("a polygon with a coordinate that is not a number") from None
+    if not np.isfinite(coords).all():
+        raise ValueError("a polygon with a NaN or infinite coordinate")
+    limit = MAX_POLYGON_EXTENT * max(height, width)
+    if coords.size and np.abs(coords).max() > limit:
+        raise ValueError(
+            f"a polygon coordinate {float(np.abs(coords).max()):g}, more than "
+            f"{MAX_POLYGON_EXTENT}x the {height} x {width} image away from it"
+        )
 
 def shift_polygon_coords(coords: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """
@@ -58,8 +108,8 @@ def derived_mask(op: str, a: Any, b: Any) -> Dict[str, Any]:
 
     Dataset dicts hold derived masks in this form, e.g. ``occluded = amodal - visible``: the
     operands are the annotation's own polygons / RLE dicts (shared, not copied), and the pixels are
-    computed only where they are needed (on each ROI for the training targets, on the operands'
-    boxes for evaluation).
+    computed when they are needed, always by ``segmentation_to_rle`` (for evaluation; for training
+    by the mapper, on the original image, then transformed as an RLE mask).
 
     Args:
         op: "-" (a and not b), "&" (a and b) or "|" (a or b).
@@ -137,9 +187,9 @@ def segmentation_to_rle(
     Encode one mask in any form the dataset dicts allow as a compressed RLE of the image size.
 
     Args:
-        segm: polygons (list of flat [x0, y0, x1, y1, ...] lists or arrays; polygons with fewer
-            than 3 points are skipped), an RLE dict (compressed or uncompressed counts), an (H, W)
-            array, or a derived mask (``derived_mask``).
+        segm: polygons (list of flat [x0, y0, x1, y1, ...] lists or arrays; polygons failing
+            ``is_valid_polygon`` are skipped), an RLE dict (compressed or uncompressed counts), an
+            (H, W) array, or a derived mask (``derived_mask``).
         height, width: the image size.
         memo: the masks already encoded (pass one empty dict for the masks of one image, so that
             a mask and the derived masks made of it are encoded once); None = none.
@@ -162,7 +212,7 @@ def _encode(segm: Any, height: int, width: int, memo: Dict[int, Any]) -> Dict[st
 
 def _encode_one(segm: Any, height: int, width: int, memo: Dict[int, Any]) -> Dict[str, Any]:
     if isinstance(segm, list):
-        polys = [np.asarray(p, dtype=np.float64).ravel() for p in segm if len(p) >= 6]
+        polys = [np.asarray(p, dtype=np.float64).ravel() for p in segm if is_valid_polygon(p)]
         if not polys:
             return mask_util.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
         return mask_util.merge(mask_util.frPyObjects(polys, height, width))
@@ -215,3 +265,47 @@ def segmentation_to_bitmask(segm: Any, height: int, width: int) -> np.ndarray:
             raise ValueError(f"bitmask shape {arr.shape} differs from image size {(height, width)}")
         return arr.astype(bool)
     return mask_util.decode(segmentation_to_rle(segm, height, width)).astype(bool)
+
+
+def segmentation_to_crop(
+    segm: Any, height: int, width: int, memo: Optional[Dict[int, Any]] = None
+) -> Tuple[int, int, np.ndarray]:
+    """
+    The pixels of one mask in any form (see ``segmentation_to_rle``) on its tight box only.
+
+    The mask is encoded as ``segmentation_to_rle`` encodes it (a derived mask: its exact result,
+    as evaluation scores it), and its runs are decoded on the columns its pixels span, never on
+    the whole image: O(H * box width + number of runs).
+
+    Args:
+        segm: polygons, an RLE dict, an (H, W) array or a derived mask.
+        height, width: the image size.
+        memo: as in ``segmentation_to_rle``.
+
+    Returns:
+        (x0, y0, bits): bits an (h, w) bool array whose top-left pixel is (x0, y0), tight around
+        the mask's pixels; (0, 0, a (0, 0) array) when the mask is empty.
+
+    Raises:
+        ValueError: as ``segmentation_to_rle``, or malformed RLE counts.
+    """
+    rle = segmentation_to_rle(segm, height, width, memo)
+    runs = rle_runs(rle["counts"])
+    if runs is None or runs.sum() != height * width:
+        raise ValueError(f"malformed RLE counts for a {height} x {width} mask")
+    ends = np.cumsum(runs)
+    starts = ends - runs
+    on = 2 * np.flatnonzero(runs[1::2]) + 1  # the non-empty runs of 1s (column-major pixels)
+    if len(on) == 0:
+        return 0, 0, np.zeros((0, 0), dtype=bool)
+    x0, x1 = int(starts[on[0]] // height), int((ends[on[-1]] - 1) // height + 1)
+    # the runs from the first to the last run of 1s, padded with 0s to whole columns
+    first, last = on[0], on[-1]
+    lengths = np.concatenate(
+        ([starts[first] - x0 * height], runs[first : last + 1], [x1 * height - ends[last]])
+    )
+    values = np.zeros(len(lengths), dtype=bool)
+    values[1:-1:2] = True  # runs alternate, starting (at `first`) with 1s
+    bits = np.repeat(values, lengths).reshape(x1 - x0, height).T
+    rows = np.flatnonzero(bits.any(axis=1))
+    return x0, int(rows[0]), bits[rows[0] : rows[-1] + 1]
