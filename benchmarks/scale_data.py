@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-from multimask.data.datasets.amodal import KINS_CATEGORIES  # the released files' categories
+# make_kins_like writes format "kins_2019": the 2019 files' 7 categories
+from multimask.data.datasets.amodal import KINS_2019_CATEGORIES as KINS_CATEGORIES
 
 __all__ = ["KINS_CATEGORIES", "make_cocoa_like", "make_kins_like"]
 

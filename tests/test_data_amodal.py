@@ -11,7 +11,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures.masks import polygons_to_bitmask
 
 from multimask.data import AMODAL_MASK_NAMES, load_amodal_json, register_amodal_instances
-from multimask.data.datasets.builtin import BUILTIN_AMODAL_SPLITS, BUILTIN_SYNTHETIC_SPLITS
+from multimask.data.datasets.builtin import (
+    BUILTIN_AMODAL_SPLITS,
+    BUILTIN_SYNTHETIC_SPLITS,
+    _load_builtin,
+)
 from multimask.structures import segmentation_to_bitmask
 
 from .test_data_coco import rle_of, write_images
@@ -23,9 +27,23 @@ CAR = [10.0, 10.0, 50.0, 10.0, 50.0, 40.0, 10.0, 40.0]  # amodal polygon
 CAR_VISIBLE = [30.0, 10.0, 50.0, 10.0, 50.0, 40.0, 30.0, 40.0]  # its right part
 PERSON = [55.0, 5.0, 70.0, 5.0, 70.0, 45.0, 55.0, 45.0]
 IMAGES = [{"id": 1, "file_name": "000001.png", "height": H, "width": W, "license": 1}]
-KINS_CATEGORIES = [
+# The categories as the released KINS files list them. 2019 (instances_*.json): 7, as AISFormer's
+# tools/split_kins.py prints them from the file; 2020 (update_*_2020.json): the same and `rider`,
+# id 3, which no annotation uses (the KINS repo's issue #15; VRSP's builtin_meta.py lists it,
+# commented out, between pedestrian and car).
+KINS_2019_CATEGORIES = [
     {"supercategory": "Living Thing", "id": 1, "name": "cyclist"},
     {"supercategory": "Living Thing", "id": 2, "name": "pedestrian"},
+    {"supercategory": "vehicles", "id": 4, "name": "car"},
+    {"supercategory": "vehicles", "id": 5, "name": "tram"},
+    {"supercategory": "vehicles", "id": 6, "name": "truck"},
+    {"supercategory": "vehicles", "id": 7, "name": "van"},
+    {"supercategory": "vehicles", "id": 8, "name": "misc"},
+]
+KINS_2020_CATEGORIES = [
+    {"supercategory": "Living Thing", "id": 1, "name": "cyclist"},
+    {"supercategory": "Living Thing", "id": 2, "name": "pedestrian"},
+    {"supercategory": "Living Thing", "id": 3, "name": "rider"},
     {"supercategory": "vehicles", "id": 4, "name": "car"},
     {"supercategory": "vehicles", "id": 5, "name": "tram"},
     {"supercategory": "vehicles", "id": 6, "name": "truck"},
@@ -100,12 +118,12 @@ def test_kins_2020(tmp_path):
         },
     ]
     json_file, image_root = write(
-        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_CATEGORIES}
+        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_2020_CATEGORIES}
     )
     name = f"test_kins20_{uuid.uuid4().hex}"
     dicts = load_amodal_json(json_file, image_root, "kins_2020", name)
-    check_car_and_person(dicts, car_class=2, person_class=1)
-    assert MetadataCatalog.get(name).thing_classes == [c["name"] for c in KINS_CATEGORIES]
+    check_car_and_person(dicts, car_class=3, person_class=1)
+    assert MetadataCatalog.get(name).thing_classes == [c["name"] for c in KINS_2020_CATEGORIES]
 
 
 def test_kins_2019_with_rle_visible_mask(tmp_path):
@@ -136,7 +154,7 @@ def test_kins_2019_with_rle_visible_mask(tmp_path):
         },
     ]
     json_file, image_root = write(
-        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_CATEGORIES}
+        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_2019_CATEGORIES}
     )
     check_car_and_person(
         load_amodal_json(json_file, image_root, "kins_2019"), car_class=2, person_class=1
@@ -183,7 +201,7 @@ def test_cocoa_original_regions(tmp_path):
 def test_cocoa_layout_errors_point_at_the_format(tmp_path):
     anns = [{"id": 3, "image_id": 1, "category_id": 1, "segmentation": [CAR]}]  # a flattened file
     json_file, image_root = write(
-        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_CATEGORIES}
+        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_2020_CATEGORIES}
     )
     with pytest.raises(ValueError, match=r"annotation id 3 has no 'regions'.*cocoa_cls"):
         load_amodal_json(json_file, image_root, "cocoa")
@@ -240,7 +258,7 @@ def test_register_amodal_instances(tmp_path):
         }
     ]
     json_file, image_root = write(
-        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_CATEGORIES}
+        tmp_path, {"images": IMAGES, "annotations": anns, "categories": KINS_2020_CATEGORIES}
     )
     name = f"test_register_kins_{uuid.uuid4().hex}"
     register_amodal_instances(name, "kins_2020", json_file, image_root)
@@ -276,6 +294,72 @@ def test_builtin_names_are_registered_with_their_metadata():
     for name in BUILTIN_SYNTHETIC_SPLITS:
         # the amodal formats' masks, plus the synthetic data's occluder mask (it has a depth order)
         assert MetadataCatalog.get(name).mask_names == [*AMODAL_MASK_NAMES, "occluder"]
+
+
+RELEASED_CLASSES = {
+    "kins_2020": KINS_2020_CATEGORIES,
+    "kins_2019": KINS_2019_CATEGORIES,
+    "cocoa": [{"id": 1, "name": "object"}],  # COCOA's files have no categories: one class
+}
+
+
+def _released_file(tmp_path, fmt):
+    """A one-object file of format `fmt` laid out as released, with the release's categories."""
+    keys = {"kins_2020": ("a_segm", "a_bbox"), "kins_2019": ("segmentation", "bbox")}
+    if fmt == "cocoa":
+        regions = [{"segmentation": CAR, "name": "car", "order": 1, "occlude_rate": 0.0}]
+        content = {"images": IMAGES, "annotations": [{"id": 1, "image_id": 1, "regions": regions}]}
+    else:
+        segm, bbox = keys[fmt]
+        anns = [{"id": 1, "image_id": 1, "category_id": 4, segm: [CAR], bbox: [10, 10, 40, 30]}]
+        content = {"images": IMAGES, "annotations": anns, "categories": RELEASED_CLASSES[fmt]}
+    return write(tmp_path, content)
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_AMODAL_SPLITS))
+def test_builtin_metadata_before_loading_agrees_with_loading_or_is_unset(tmp_path, name):
+    fmt = BUILTIN_AMODAL_SPLITS[name][0]
+    meta = MetadataCatalog.get(name)
+    if fmt not in RELEASED_CLASSES:  # COCOA-cls, D2SA: the classes come from the file
+        assert meta.get("thing_classes") is None
+        return
+    cats = sorted(RELEASED_CLASSES[fmt], key=lambda c: c["id"])
+    assert meta.thing_classes == [c["name"] for c in cats]
+    assert meta.thing_dataset_id_to_contiguous_id == {c["id"]: i for i, c in enumerate(cats)}
+    # loading the builtin name from a file as released sets the same (detectron2 would raise)
+    json_file, image_root = _released_file(tmp_path, fmt)
+    (d,) = _load_builtin(name, fmt, json_file, image_root, str(tmp_path))
+    assert d["annotations"][0]["category_id"] == meta.thing_dataset_id_to_contiguous_id[
+        4 if fmt.startswith("kins") else 1
+    ]
+
+
+def test_a_file_of_the_other_kins_release_is_a_clear_error(tmp_path):
+    json_file, image_root = _released_file(tmp_path, "kins_2019")  # 7 categories
+    with open(json_file) as f:
+        content = json.load(f)
+    content["annotations"][0].update(a_segm=[CAR], a_bbox=[10, 10, 40, 30])
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    with pytest.raises(ValueError, match=r"annotations.json: its categories give thing_classes .*"
+                       r"'kins_2020_train' was registered with \['cyclist', 'pedestrian', 'rider'"):
+        _load_builtin("kins_2020_train", "kins_2020", json_file, image_root, str(tmp_path))
+
+
+def test_kins_configs_have_the_released_class_count():
+    from detectron2.config import get_cfg
+
+    from multimask import add_multimask_config
+
+    configs = os.path.join(os.path.dirname(__file__), "..", "configs", "Amodal")
+    for yaml in os.listdir(configs):
+        cfg = get_cfg()
+        add_multimask_config(cfg)
+        cfg.merge_from_file(os.path.join(configs, yaml))
+        for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+            classes = MetadataCatalog.get(name).get("thing_classes")
+            if classes is not None:
+                assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(classes), (yaml, name)
 
 
 def test_builtin_missing_file_names_the_expected_path():

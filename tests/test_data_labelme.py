@@ -10,15 +10,21 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from multimask import add_multimask_config
 from multimask.data import (
     MultiMaskDatasetMapper,
+    check_same_classes,
+    load_multimask_coco_json,
     load_multimask_labelme_json,
     register_multimask_labelme_instances,
 )
+from multimask.engine.trainer import check_datasets
 from multimask.evaluation import MultiMaskCOCOEvaluator
 from multimask.structures import segmentation_to_bitmask
 from multimask.utils import LABELME_VERSION, instances_to_labelme, mask_to_polygons
@@ -209,6 +215,16 @@ def bad(tmp_path, shapes, **extra):
         ([shape("car_amodal", SQUARE, group_id=[2])], {}, r"shape 1 .*group_id \[2\] is not an"),
         ([shape("car_amodal", SQUARE, "ellipse")], {}, r"shape 1 .*unknown shape_type 'ellipse'"),
         (
+            [shape("car_amodal", SQUARE[:3], "oriented_rectangle")],
+            {},
+            r"shape 1 .*oriented_rectangle needs at least 4 points, got 3",
+        ),
+        (
+            [shape("car_amodal", SQUARE + [[20, 35]], "oriented_rectangle")],
+            {},
+            r"shape 1 .*oriented_rectangle has 4 points, got 5",
+        ),
+        (
             [shape("car_amodal", [[50, 30], [59, 39]], "mask", mask=png_b64(np.ones((20, 20))))],
             {},
             r"shape 1 .*20x20 mask at \(50, 30\) leaves the 60x40 image",
@@ -244,6 +260,134 @@ def test_malformed_json_empty_folder_and_bad_options(tmp_path):
         register_multimask_labelme_instances("unused", str(tmp_path), default_mask="full")
     with pytest.raises(ValueError, match=r"label suffixes \['invisible'\] .* not in mask_names"):
         load(tmp_path, mask_fields={"amodal": "amodal", "occluded": "invisible"})
+
+
+def labelme6_shape(label, points, shape_type, group_id=None, mask=None):
+    """A shape as LabelMe 6's app writes it (labelme/app.py ``_shape_to_dict``, v6.3.1)."""
+    return {
+        "label": label,
+        "points": [[float(x), float(y)] for x, y in points],
+        "group_id": group_id,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        # labelme.utils.img_arr_to_b64(shape.mask.astype(np.uint8)): a PNG of 0 / 1 values
+        "mask": None if mask is None else base64.b64encode(cv2.imencode(".png", mask)[1]).decode(),
+    }
+
+
+def test_labelme_6_file_with_oriented_rectangle_and_mask_shapes(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((H, W, 3), 90, np.uint8))
+    tilted = [[20, 5], [35, 14], [29, 24], [14, 15]]  # a rotated rectangle, corners in order
+    blob = np.zeros((6, 9), np.uint8)  # mask shape: points are its first and last pixel
+    blob[1:5, 2:8] = 1
+    shapes = [
+        labelme6_shape("box_amodal", tilted, "oriented_rectangle", group_id=1),
+        labelme6_shape("box_visible", [[40, 30], [48, 35]], "mask", group_id=1, mask=blob),
+    ]
+    # labelme/_label_file.py write_label_file (v6.3.1): the payload's keys, in its order
+    content = {
+        "version": "6.3.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": "a.png",
+        "imageData": None,
+        "imageHeight": H,
+        "imageWidth": W,
+    }
+    (tmp_path / "a.json").write_text(json.dumps(content, indent=2))
+    (box,) = load(tmp_path)[0]["annotations"]
+    # read as the polygon it is
+    assert box["multimask"]["amodal"] == [[float(v) for p in tilted for v in p]]
+    # LabelMe's own shape_to_mask draws it with PIL: ImageDraw.polygon(xy, outline=1, fill=1)
+    drawn = Image.new("L", (W, H), 0)
+    ImageDraw.Draw(drawn).polygon([tuple(p) for p in tilted], outline=1, fill=1)
+    drawn = np.array(drawn, dtype=bool)
+    amodal = bits(box["multimask"]["amodal"])
+    assert (amodal & drawn).sum() / (amodal | drawn).sum() > 0.85  # PIL adds its outline
+    # shapes_to_label: mask[y1 : y2 + 1, x1 : x2 + 1] = shape["mask"]
+    expected = np.zeros((H, W), bool)
+    expected[30:36, 40:49] = blob.astype(bool)
+    np.testing.assert_array_equal(bits(box["multimask"]["visible"]), expected)
+
+
+OCCLUDER_MAPPING = {
+    "amodal": "amodal",
+    "visible": "visible or amodal",
+    "occluder": "occluders(visible)",
+}
+
+
+def test_occluders_are_resolved_as_by_the_coco_loader(tmp_path):
+    front, back = [[5, 5], [25, 5], [25, 25], [5, 25]], [[15, 10], [35, 10], [35, 30], [15, 30]]
+    write_labelme(
+        tmp_path / "labelme",
+        "a",
+        [
+            shape("car_amodal", front, group_id=1),
+            shape("car_amodal", back, group_id=2),
+            shape("car_visible", [[25, 10], [35, 10], [35, 30], [25, 30]], group_id=2),
+            shape("car_amodal", [[45, 5], [55, 5], [55, 15], [45, 15]], group_id=3),  # alone
+            shape("__ignore__", [[0, 0], [60, 40]], "rectangle"),  # overlaps all: never an occluder
+        ],
+    )
+    a, b, c, *crowd = load(tmp_path / "labelme", mask_names=("amodal", "visible"),
+                           mask_fields=OCCLUDER_MAPPING)[0]["annotations"]  # fmt: skip
+    # no depth order in LabelMe files: every other object whose box overlaps counts
+    np.testing.assert_array_equal(
+        bits(b["multimask"]["occluder"]), box_bits(5, 5, 25, 25) & box_bits(15, 10, 35, 30)
+    )
+    np.testing.assert_array_equal(
+        bits(a["multimask"]["occluder"]), box_bits(25, 10, 35, 30) & box_bits(5, 5, 25, 25)
+    )
+    assert not bits(c["multimask"]["occluder"]).any() and c["multimask"]["occluder"] == []
+    assert all(bits(r["multimask"]["occluder"]).all() for r in crowd)  # the region itself
+    # the same objects as a COCO JSON give the same masks
+    coco_anns = [
+        {"id": i, "image_id": 1, "category_id": 1, "iscrowd": int(x["iscrowd"]), "bbox": x["bbox"],
+         "amodal": x["multimask"]["amodal"], "visible": x["multimask"]["visible"]}
+        for i, x in enumerate([a, b, c, crowd[0]])
+    ]  # fmt: skip
+    json_file, image_root = write_coco(tmp_path, coco_anns)
+    coco = load_multimask_coco_json(json_file, image_root, OCCLUDER_MAPPING)[0]["annotations"]
+    for x, y in zip([a, b, c, crowd[0]], coco):
+        np.testing.assert_array_equal(
+            bits(x["multimask"]["occluder"]), bits(y["multimask"]["occluder"])
+        )
+
+
+def write_coco(tmp_path, annotations):
+    images = [{"id": 1, "file_name": "a.png", "height": H, "width": W}]
+    image_root = str(tmp_path / "coco")
+    os.makedirs(image_root, exist_ok=True)
+    cv2.imwrite(os.path.join(image_root, "a.png"), np.full((H, W, 3), 90, np.uint8))
+    json_file = os.path.join(image_root, "a.json")
+    with open(json_file, "w") as f:
+        categories = [{"id": 1, "name": "car"}]
+        json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return json_file, image_root
+
+
+def test_a_test_split_with_other_classes_fails_before_training(tmp_path):
+    write_labelme(tmp_path / "train", "a", [shape("bus_amodal", LEFT), shape("car_amodal", RIGHT)])
+    write_labelme(tmp_path / "test", "b", [shape("car_amodal", SQUARE)])  # no bus: car would be 0
+    train, test = (f"test_labelme_{s}_{uuid.uuid4().hex}" for s in ("train", "test"))
+    register_multimask_labelme_instances(train, str(tmp_path / "train"))
+    register_multimask_labelme_instances(test, str(tmp_path / "test"))
+    cfg = get_cfg()
+    add_multimask_config(cfg)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (train,), (test,)
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES = ["amodal"]
+    with pytest.raises(ValueError, match=rf"'{train}' and '{test}' have different classes "
+                       r"\(missing \['bus'\].*thing_classes"):  # fmt: skip
+        check_datasets(cfg)  # MultiMaskTrainer's first step, before the model is built
+    # the same list for both splits: fine
+    test2 = f"test_labelme_test2_{uuid.uuid4().hex}"
+    register_multimask_labelme_instances(
+        test2, str(tmp_path / "test"), metadata={"thing_classes": ["bus", "car"]}
+    )
+    check_same_classes([train, test2])
+    assert [a["category_id"] for a in DatasetCatalog.get(test2)[0]["annotations"]] == [1]
 
 
 def test_registration_mapper_and_evaluator(tmp_path):

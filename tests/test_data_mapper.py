@@ -5,6 +5,7 @@ import uuid
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from iopath.common.file_io import PathHandler
@@ -16,9 +17,13 @@ from detectron2.structures.masks import polygons_to_bitmask
 from detectron2.utils.file_io import PathManager
 
 from multimask import add_multimask_config
-from multimask.data import MultiMaskDatasetMapper, register_multimask_coco_instances
+from multimask.data import (
+    MultiMaskDatasetMapper,
+    load_multimask_coco_json,
+    register_multimask_coco_instances,
+)
 from multimask.data.detection_utils import multimask_annotations_to_instances
-from multimask.structures import NamedMasks
+from multimask.structures import NamedMasks, segmentation_to_rle
 
 from .test_data_coco import rle_of, write_dataset
 
@@ -176,19 +181,63 @@ def test_empty_boxes_dropped_with_all_their_masks(image_file):
     np.testing.assert_array_equal(inst.gt_multimask.tensor[0, 1].numpy(), VISIBLE[:30, :45])
 
 
-def test_recompute_boxes_uses_the_union_of_masks(image_file):
-    crop = T.CropTransform(20, 0, 40, 40)
-    out = mapper([crop], recompute_boxes=True)(
-        dataset_dict(image_file, [annotation(bbox=(0, 0, 60, 40))])
+# With crop augmentation detectron2's mapper recomputes each box from gt_masks, the primary mask,
+# whose polygons CropTransform.apply_polygons has intersected with the crop window (shapely): the
+# box is that of polygon & window. The expected boxes below are that region's extent, by hand.
+TRIANGLE = [0.0, 0.0, 40.0, 0.0, 0.0, 40.0]  # detectron2's own example of it, scaled by 20
+V_NOTCH = [0.0, 0.0, 60.0, 0.0, 60.0, 40.0, 30.0, 10.0, 0.0, 40.0]  # concave: a V cut from below
+RECOMPUTED = {
+    # the triangle's part with x >= 20 is x in [20, 40], y <= 40 - x: box (20, 0, 40, 20); moved
+    # by the crop. Its vertex extent cut to the crop would be (0, 0, 20, 40).
+    "crop": (TRIANGLE, [T.CropTransform(20, 0, 40, 40)], (0, 0, 20, 20)),
+    # the window's corners (20, 12) and (40, 12) lie inside the notched shape, which reaches down to
+    # y = 20 at x = 20 and x = 40 only: box (20, 12, 40, 20), moved by the crop
+    "corners": (V_NOTCH, [T.CropTransform(20, 12, 20, 28)], (0, 0, 20, 8)),
+    # clipped first, then scaled by 2 and flipped in the 80 px wide image: x -> 80 - x
+    "crop_resize_flip": (
+        TRIANGLE,
+        [T.CropTransform(20, 0, 40, 40), T.ResizeTransform(40, 40, 80, 80), T.HFlipTransform(80)],
+        (40, 0, 80, 40),
+    ),
+    # a crop after a resize (as FixedSizeCrop after ResizeScale): the triangle is (0, 0, 80, 0, 0,
+    # 80) when cut by the window x in [40, 120]: box (40, 0, 80, 40), moved by the crop
+    "resize_crop": (
+        TRIANGLE,
+        [T.ResizeTransform(40, 60, 80, 120), T.CropTransform(40, 0, 80, 80)],
+        (0, 0, 40, 40),
+    ),
+}
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+@pytest.mark.parametrize("case", list(RECOMPUTED))
+def test_recomputed_boxes_are_the_cropped_primary_masks_as_in_detectron2(
+    image_file, case, mask_format
+):
+    poly, transforms, expected = RECOMPUTED[case]
+    # the visible mask, larger than the part of the amodal one left, does not count (not primary)
+    anno = annotation(poly=poly, bbox=(0, 0, 60, 40), visible=np.ones((H0, W0), dtype=bool))
+    out = mapper(transforms, recompute_boxes=True, mask_format=mask_format)(
+        dataset_dict(image_file, [anno])
     )
-    union = out["instances"].gt_multimask.tensor[0].any(dim=0)
-    ys, xs = torch.nonzero(union, as_tuple=True)
-    tight = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
-    # polygons give their vertex extent (as PolygonMasks.get_bounding_boxes): it holds every pixel
-    # and is at most one pixel larger on each side than the rasterised union
     box = out["instances"].gt_boxes.tensor[0].numpy()
-    assert (box[:2] <= tight[:2]).all() and (box[2:] >= tight[2:]).all()
-    assert np.abs(box - tight).max() <= 1.0
+    if mask_format == "polygon":
+        np.testing.assert_allclose(box, expected, atol=1e-4)
+    else:  # bits: the tight box of the pixels (BitMasks.get_bounding_boxes), within one pixel
+        np.testing.assert_allclose(box, expected, atol=1.0)
+
+
+def test_recomputed_box_of_a_not_annotated_primary_is_the_union_and_cut_objects_go(image_file):
+    crop = T.CropTransform(20, 0, 40, 40)
+    visible = np.zeros((H0, W0), dtype=bool)
+    visible[5:15, 25:35] = True  # pixels x 25-34, y 5-14: after the crop x 5-14
+    no_primary = annotation(poly=TRIANGLE, visible=visible)
+    no_primary["multimask"]["amodal"] = None
+    gone = annotation(poly=[0.0, 0.0, 15.0, 0.0, 15.0, 30.0, 0.0, 30.0], visible=None)
+    out = mapper([crop], recompute_boxes=True)(dataset_dict(image_file, [no_primary, gone]))
+    inst = out["instances"]
+    assert len(inst) == 1  # the second object lies left of the crop: detectron2 drops it too
+    np.testing.assert_allclose(inst.gt_boxes.tensor[0].numpy(), [5, 5, 15, 15])
 
 
 def test_not_annotated_masks_are_flagged_and_extra_names_ignored(image_file):
@@ -295,6 +344,42 @@ def test_rle_of_wrong_size_at_map_time_names_the_image(image_file):
     a["multimask"]["visible"] = rle_of(np.ones((H0 + 2, W0), dtype=bool))
     with pytest.raises(ValueError, match=r"image id 42 \(.*img\.png\): RLE size \[42, 60\]"):
         mapper([])(dataset_dict(image_file, [a]))
+
+
+ODD = [8.0, 6.0, 40.0, 9.0, 34.0, 33.0, 12.0]  # 7 numbers: no polygon (detectron2 drops it)
+FOUR = [8.0, 6.0, 40.0, 9.0]  # 2 points
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_bad_polygons_from_other_loaders_are_dropped_by_the_one_rule(image_file, mask_format):
+    a = annotation(visible=None)
+    a["multimask"]["amodal"] = [ODD, POLY, FOUR]  # the valid one is kept
+    b = annotation(visible=None)
+    b["multimask"]["amodal"] = [ODD]  # nothing valid: not annotated, as the loaders make it
+    b["multimask"]["visible"] = {"op": "-", "operands": [[POLY, ODD], [FOUR]]}
+    inst = mapper([], mask_format=mask_format)(dataset_dict(image_file, [a, b]))["instances"]
+    expected = polygons_to_bitmask([np.array(POLY)], H0, W0)
+    np.testing.assert_array_equal(inst.gt_multimask.tensor[0, 0].numpy(), expected)
+    np.testing.assert_array_equal(inst.gt_multimask.tensor[1, 1].numpy(), expected)
+    assert inst.gt_multimask.annotated.tolist() == [[True, False], [False, True]]
+    # the rasteriser everything else uses skips them too
+    rle = segmentation_to_rle([ODD, POLY, FOUR], H0, W0)
+    np.testing.assert_array_equal(mask_util.decode(rle).astype(bool), expected)
+
+
+def test_one_coordinate_limit_for_loaders_and_mapper(image_file, tmp_path):
+    far = [8.0, 6.0, 40.0, 9.0, 700.0, 33.0]  # 700 px: more than 10 image sizes from a 60 px image
+    a = annotation(poly=far, visible=None)
+    with pytest.raises(ValueError, match=r"image id 42 .*coordinate 700, more than 10x the 40 x"):
+        mapper([])(dataset_dict(image_file, [a]))
+    images = [{"id": 7, "file_name": "a.png", "height": H0, "width": W0}]
+    json_file, image_root = write_dataset(
+        tmp_path, [{"id": 1, "image_id": 7, "category_id": 3, "segmentation": [far]}], images
+    )
+    with pytest.raises(ValueError, match=r"annotation id 1 .*coordinate 700, more than 10x the 40"):
+        load_multimask_coco_json(json_file, image_root, {"amodal": "segmentation"})
+    a = annotation(poly=[8.0, 6.0, 40.0, 9.0, 590.0, 33.0], visible=None)  # within: fine
+    assert len(mapper([])(dataset_dict(image_file, [a]))["instances"]) == 1
 
 
 @pytest.mark.parametrize(

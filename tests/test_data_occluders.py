@@ -1,9 +1,12 @@
 """``occluders(NAME)`` masks: the union of the other objects in front, cropped to the object's box."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from multimask.data.datasets.amodal import AMODAL_FORMATS
 from multimask.data.datasets.coco import load_multimask_coco_json
 from multimask.data.datasets.mask_fields import MaskFields
 from multimask.data.detection_utils import multimask_annotations_to_instances
@@ -81,3 +84,69 @@ def test_occluder_masks_train_through_the_mapper(tmp_path):
 def test_occluder_mapping_errors_name_the_entry(fields, match):
     with pytest.raises(ValueError, match=match):
         MaskFields(fields)
+
+
+def _kins_objects(tmp_path):
+    """
+    Four objects in the KINS 2020 layout: a (cluster 1, ico_id 1, the front) overlaps b (cluster 1,
+    ico_id 2); c (cluster 2, ico_id 1) is the front of its own cluster, and its box overlaps b's;
+    d (cluster 3, ico_id 0: overlaps nothing, per the KINS README) has a box overlapping a's.
+    """
+    def obj(i, box, order, cluster):
+        x0, y0, x1, y1 = box
+        poly = _box_polygon(x0, y0, x1, y1)
+        return ann(i, segmentation=poly, visible=poly, bbox=[x0, y0, x1 - x0, y1 - y0],
+                   ico_id=order, oco_id=cluster)  # fmt: skip
+
+    anns = [
+        obj(1, (5, 5, 25, 25), 1, 1),
+        obj(2, (15, 10, 35, 30), 2, 1),
+        obj(3, (30, 20, 50, 35), 1, 2),
+        obj(4, (0, 0, 8, 8), 0, 3),
+    ]
+    return write_dataset(tmp_path, anns)
+
+
+def test_kins_ico_id_orders_objects_within_one_oco_id_cluster_only(tmp_path):
+    json_file, image_root = _kins_objects(tmp_path)
+    kwargs = dict(depth_key="ico_id", cluster_key="oco_id")
+    (d,) = load_multimask_coco_json(json_file, image_root, FIELDS, **kwargs)
+    a, b, c, e = (bits(x["multimask"]["occluder"]) for x in d["annotations"])
+    # b: behind a in cluster 1; c's box overlaps b's and c has the smaller ico_id, but c is in
+    # cluster 2: the two orders do not compare
+    np.testing.assert_array_equal(b, _box_mask(5, 5, 25, 25) & _box_mask(15, 10, 35, 30))
+    assert not a.any() and not c.any() and not e.any()
+    assert [x["oco_id"] for x in d["annotations"]] == [1, 1, 2, 3]  # kept in the dataset dicts
+    # one order for the whole image (what the loader did before): c would occlude b, d would
+    # occlude a (ico_id 0 < 1)
+    (d,) = load_multimask_coco_json(json_file, image_root, FIELDS, depth_key="ico_id")
+    a, b = (bits(x["multimask"]["occluder"]) for x in d["annotations"][:2])
+    assert (b & _box_mask(30, 20, 35, 30)).any() and a.any()
+
+
+def test_kins_formats_read_the_clusters():
+    for fmt in ("kins_2020", "kins_2019"):
+        assert (AMODAL_FORMATS[fmt]["depth_key"], AMODAL_FORMATS[fmt]["cluster_key"]) == (
+            "ico_id",
+            "oco_id",
+        )
+
+
+def test_crowd_regions_are_never_occluders(tmp_path):
+    crowd = ann(9, segmentation=_box_polygon(0, 0, 60, 40), visible=_box_polygon(0, 0, 60, 40),
+                bbox=[0, 0, 60, 40], iscrowd=1, order=0)  # fmt: skip
+    json_file, image_root = _three_objects(tmp_path)
+    with open(json_file) as f:
+        content = json.load(f)
+    content["annotations"].append(crowd)
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    for depth_key in ("order", None):
+        (d,) = load_multimask_coco_json(json_file, image_root, FIELDS, depth_key=depth_key)
+        *objects, region = d["annotations"]
+        # in front of everything and overlapping everything, yet nobody's occluder
+        a, b, c = (bits(x["multimask"]["occluder"]) for x in objects)
+        np.testing.assert_array_equal(b, _box_mask(5, 5, 25, 25) & _box_mask(15, 10, 35, 30))
+        assert not a.any() and not c.any()
+        # the region's own occluder mask is the region, as its other masks are
+        assert region["multimask"]["occluder"] is region["multimask"]["visible"]

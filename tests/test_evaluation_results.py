@@ -19,7 +19,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from multimask import add_multimask_config
-from multimask.data.datasets.amodal import KINS_CATEGORIES, load_amodal_json
+from multimask.data.datasets.amodal import KINS_2020_CATEGORIES, load_amodal_json
 from multimask.data.datasets.synthetic import SYNTHETIC_CLASSES, register_synthetic_dataset
 from multimask.evaluation import MultiMaskCOCOEvaluator
 from multimask.structures import segmentation_to_rle
@@ -171,11 +171,16 @@ def test_builtin_classes_are_known_before_loading(tmp_path):
     # the synthetic ones from the generator, KINS's and COCOA's from their formats
     for name in ("multimask_synthetic_train", "multimask_synthetic_val"):
         assert MetadataCatalog.get(name).thing_classes == SYNTHETIC_CLASSES
+    # as the files list them: 2019 7 categories, 2020 8 (`rider`, id 3, unused)
     kins = ["cyclist", "pedestrian", "car", "tram", "truck", "van", "misc"]
-    for name in ("kins_2020_train", "kins_2020_test", "kins_2019_train", "kins_2019_test"):
+    for name in ("kins_2019_train", "kins_2019_test"):
         meta = MetadataCatalog.get(name)
         assert meta.thing_classes == kins
         assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 4: 2, 5: 3, 6: 4, 7: 5, 8: 6}
+    for name in ("kins_2020_train", "kins_2020_test"):
+        meta = MetadataCatalog.get(name)
+        assert meta.thing_classes == [*kins[:2], "rider", *kins[2:]]
+        assert meta.thing_dataset_id_to_contiguous_id == {i: i - 1 for i in range(1, 9)}
     for name in ("cocoa_train", "cocoa_val"):
         assert MetadataCatalog.get(name).thing_classes == ["object"]
     # loading a file with KINS's categories sets the same metadata (a different one would raise)
@@ -185,7 +190,7 @@ def test_builtin_classes_are_known_before_loading(tmp_path):
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 4, "a_segm": [[5, 5, 30, 5, 30, 20]]}
         ],
-        "categories": list(reversed(KINS_CATEGORIES)),
+        "categories": list(reversed(KINS_2020_CATEGORIES)),
     }
     json_file = tmp_path / "kins.json"
     json_file.write_text(json.dumps(coco))

@@ -186,7 +186,7 @@ def test_mapping_key_no_annotation_has_is_a_logged_warning(synthetic, tmp_path, 
         ),
         (
             "nan_polygon_from_own_loader",
-            r"image id 0 \(.*000000.png\): a polygon has the coordinate nan",
+            r"image id 0 \(.*000000.png\): a polygon with a NaN or infinite coordinate",
         ),
     ],
 )

@@ -15,4 +15,8 @@ from .datasets import (
     register_multimask_labelme_instances,
     register_synthetic_dataset,
 )
-from .detection_utils import check_mask_names, multimask_annotations_to_instances
+from .detection_utils import (
+    check_mask_names,
+    check_same_classes,
+    multimask_annotations_to_instances,
+)

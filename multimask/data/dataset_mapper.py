@@ -54,8 +54,9 @@ class MultiMaskDatasetMapper:
             image_format: an image format supported by ``detection_utils.read_image``.
             mask_names: the K mask names of ``gt_multimask``, in order.
             primary: the mask name given as ``gt_masks``; None = the first of mask_names.
-            recompute_boxes: overwrite the boxes by the tight boxes of the union of each instance's
-                masks (set when cropping).
+            recompute_boxes: overwrite the boxes by the boxes of each instance's primary mask as
+                cropped, polygons clipped to the crop (set when cropping, as detectron2's mapper
+                does; see ``multimask_annotations_to_instances``).
             mask_format: "polygon" or "bitmask", as cfg.INPUT.MASK_FORMAT (see the class).
         """
         if primary is not None and primary not in mask_names:

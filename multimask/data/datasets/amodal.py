@@ -5,9 +5,11 @@ Every format gives the masks ``amodal``, ``visible`` and ``occluded`` (= amodal 
 directly from the released JSON files (no conversion step):
 
 - ``kins_2020``: KINS as re-released in 2020 (``update_train_2020.json``): ``a_segm`` / ``i_segm``
-  polygons, ``a_bbox`` / ``i_bbox``, categories 1-8.
+  polygons, ``a_bbox`` / ``i_bbox``, the occlusion order ``oco_id`` / ``ico_id``, and 8 categories
+  (``KINS_2020_CATEGORIES``: ids 1-8, of which 3, ``rider``, has no instance).
 - ``kins_2019``: the original KINS release (``instances_train.json``): ``segmentation`` amodal
-  polygons, ``inmodal_seg`` visible polygons or RLE, ``bbox`` amodal, ``inmodal_bbox``.
+  polygons, ``inmodal_seg`` visible polygons or RLE, ``bbox`` amodal, ``inmodal_bbox``, and 7
+  categories (``KINS_2019_CATEGORIES``: ids 1, 2, 4-8; no ``rider``).
 - ``cocoa``: COCOA as released (``COCO_amodal_train2014.json``): one annotation per image with a
   ``regions`` list; each region has a flat amodal polygon ``segmentation``, ``visible_mask`` /
   ``invisible_mask`` RLE only when occluded, ``occlude_rate``, ``order`` and a free-form ``name``.
@@ -20,6 +22,12 @@ directly from the released JSON files (no conversion step):
 
 COCOA and D2SA omit the visible mask of unoccluded objects, so their mapping falls back to the
 amodal mask.
+
+The depth order that ``occluders(...)`` masks read: COCOA's ``order`` (1 is the front) over the
+whole image; KINS's ``ico_id`` only within one ``oco_id``: the KINS README (2020 update) defines
+``oco_id`` as the cluster id and ``ico_id`` as "the relative occlusion id in this cluster" (1 at the
+front, +1 each time occluded; 0 for instances that overlap nothing). Objects of two clusters never
+occlude each other, whatever their boxes do.
 """
 
 from typing import Any, Dict, List, Mapping, Optional
@@ -32,7 +40,9 @@ from .mask_fields import MaskFields
 __all__ = [
     "AMODAL_FORMATS",
     "AMODAL_MASK_NAMES",
-    "KINS_CATEGORIES",
+    "KINS_2019_CATEGORIES",
+    "KINS_2020_CATEGORIES",
+    "RELEASED_CATEGORIES",
     "amodal_metadata",
     "categories_metadata",
     "flatten_cocoa_regions",
@@ -54,6 +64,7 @@ AMODAL_FORMATS: Dict[str, Dict[str, Any]] = {
         "mask_fields": {"amodal": "a_segm", "visible": "i_segm", "occluded": "amodal - visible"},
         "bbox_field": "a_bbox",
         "depth_key": "ico_id",
+        "cluster_key": "oco_id",
     },
     "kins_2019": {
         "mask_fields": {
@@ -63,6 +74,7 @@ AMODAL_FORMATS: Dict[str, Dict[str, Any]] = {
         },
         "bbox_field": "bbox",
         "depth_key": "ico_id",
+        "cluster_key": "oco_id",
     },
     # regions have no box: it is computed from the amodal polygon
     "cocoa": {
@@ -75,16 +87,29 @@ AMODAL_FORMATS: Dict[str, Dict[str, Any]] = {
 }
 
 COCOA_CATEGORIES = [{"id": 1, "name": "object"}]
-# The categories of the released KINS files (2019 and 2020), by id; id 3 is not used.
-KINS_CATEGORIES = [
-    {"id": 1, "name": "cyclist"},
-    {"id": 2, "name": "pedestrian"},
-    {"id": 4, "name": "car"},
-    {"id": 5, "name": "tram"},
-    {"id": 6, "name": "truck"},
-    {"id": 7, "name": "van"},
-    {"id": 8, "name": "misc"},
+# The categories of the released KINS files, as they list them. The 2019 files (instances_*.json)
+# list 7; the 2020 update files (update_*_2020.json) list 8: the paper's `rider` (id 3) too, which
+# no annotation uses (qqlu/Amodal-Instance-Segmentation-through-KINS-Dataset issues #5 and #15).
+KINS_2019_CATEGORIES = [
+    {"supercategory": "Living Thing", "id": 1, "name": "cyclist"},
+    {"supercategory": "Living Thing", "id": 2, "name": "pedestrian"},
+    {"supercategory": "vehicles", "id": 4, "name": "car"},
+    {"supercategory": "vehicles", "id": 5, "name": "tram"},
+    {"supercategory": "vehicles", "id": 6, "name": "truck"},
+    {"supercategory": "vehicles", "id": 7, "name": "van"},
+    {"supercategory": "vehicles", "id": 8, "name": "misc"},
 ]
+KINS_2020_CATEGORIES = sorted(
+    [*KINS_2019_CATEGORIES, {"supercategory": "Living Thing", "id": 3, "name": "rider"}],
+    key=lambda c: c["id"],
+)
+# format -> the categories its released files list, for the formats whose files all list the same
+# (COCOA-cls and D2SA: their files' own lists are read at load time)
+RELEASED_CATEGORIES: Dict[str, List[Dict[str, Any]]] = {
+    "kins_2020": KINS_2020_CATEGORIES,
+    "kins_2019": KINS_2019_CATEGORIES,
+    "cocoa": COCOA_CATEGORIES,
+}
 
 
 def categories_metadata(categories: List[Mapping[str, Any]]) -> Dict[str, Any]:
@@ -190,7 +215,8 @@ def register_amodal_instances(
         json_file, image_root: the annotation file and image directory.
         metadata: extra metadata.
         mask_fields: masks added to the format's mapping, e.g. ``{"occluder": "occluders(visible)"}``
-            (the objects in front by the format's depth order: COCOA ``order``, KINS ``ico_id``).
+            (the objects in front by the format's depth order: COCOA ``order``, KINS ``ico_id``
+            within one ``oco_id``).
     """
     if fmt not in AMODAL_FORMATS:
         raise ValueError(f"unknown amodal format {fmt!r}; known: {sorted(AMODAL_FORMATS)}")
@@ -206,7 +232,8 @@ def amodal_metadata(
 ) -> Dict[str, Any]:
     """
     The metadata known before a dataset of format `fmt` is loaded; loading sets the classes, which
-    are known before only for COCOA (one class, ``object``).
+    are known before only for COCOA (one class, ``object``): another file of a KINS format may list
+    other categories (the builtin names add ``RELEASED_CATEGORIES``, see builtin.py).
     """
     fields = MaskFields(format_mask_fields(fmt, mask_fields))
     classes = categories_metadata(COCOA_CATEGORIES) if fmt == "cocoa" else {}

@@ -15,9 +15,12 @@ own builtins are, with this layout::
       d2s/images/
       d2s/annotations/D2S_amodal_training_rot0.json  D2S_amodal_validation.json
 
-Loading a name whose files are missing raises FileNotFoundError naming the expected path. The
-synthetic datasets ``multimask_synthetic_train`` / ``multimask_synthetic_val`` are generated on
-first use into ``$MULTIMASK_CACHE/synthetic`` (see :mod:`multimask.data.datasets.synthetic`).
+The classes of the KINS and COCOA names are known before loading, as their files list them (KINS
+2020: 8 categories, ``rider`` unused; KINS 2019: 7; COCOA: ``object``); COCOA-cls and D2SA names get
+theirs when loaded. Loading a name whose files are missing raises FileNotFoundError naming the
+expected path. The synthetic datasets ``multimask_synthetic_train`` / ``multimask_synthetic_val``
+are generated on first use into ``$MULTIMASK_CACHE/synthetic`` (see
+:mod:`multimask.data.datasets.synthetic`).
 """
 
 import os
@@ -26,7 +29,7 @@ from typing import Dict, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from .amodal import KINS_CATEGORIES, amodal_metadata, categories_metadata, load_amodal_json
+from .amodal import RELEASED_CATEGORIES, amodal_metadata, categories_metadata, load_amodal_json
 from .synthetic import register_synthetic_dataset
 
 __all__ = ["BUILTIN_AMODAL_SPLITS", "BUILTIN_SYNTHETIC_SPLITS", "register_all_amodal"]
@@ -84,8 +87,10 @@ def register_all_amodal(root: str) -> None:
             ),
         )
         meta = amodal_metadata(fmt, json_file, image_root)
-        if fmt.startswith("kins"):  # the released files' classes, known before loading
-            meta.update(categories_metadata(KINS_CATEGORIES))
+        if fmt in RELEASED_CATEGORIES:
+            # the classes of the files as released, known before loading; loading the file sets
+            # the same (a file listing others is an error naming it, see coco._set_classes)
+            meta.update(categories_metadata(RELEASED_CATEGORIES[fmt]))
         MetadataCatalog.get(name).set(**meta)
 
 

@@ -36,7 +36,8 @@ Each annotation of the resulting standard dataset dict has ``bbox`` (XYWH_ABS, r
 (contiguous), ``iscrowd``, ``multimask`` (dict mask name -> polygons / RLE dict / None),
 ``segmentation`` when the primary mask is annotated, and ``occlude_rate`` when the JSON has it.
 Malformed input raises ValueError (or FileNotFoundError) naming the file and the image / annotation
-id; polygons with fewer than 3 points are dropped with a count in the log, as detectron2 does. A
+id; polygons with fewer than 3 points or an odd number of coordinates are dropped with a count in
+the log, as detectron2 drops them (``multimask.structures.segmentation.is_valid_polygon``). A
 mapping key that no annotation of the file has (often a typo) is logged as a warning: its masks are
 then not annotated, which trains with a zero loss for them.
 """
@@ -179,6 +180,30 @@ def _bbox(
     return box
 
 
+def _set_classes(
+    dataset_name: str, json_file: str, classes: List[str], id_map: Dict[int, int]
+) -> None:
+    """
+    Set the classes the file declares in `dataset_name`'s metadata; a clear error, instead of
+    detectron2's AssertionError, when the metadata already holds others (a builtin name's
+    released categories, or classes given at registration).
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    for key, value in (("thing_classes", classes), ("thing_dataset_id_to_contiguous_id", id_map)):
+        known = meta.get(key)
+        if known is not None and (list(known) if key == "thing_classes" else known) != value:
+            raise ValueError(
+                f"{json_file}: its categories give {key} = {value}, but dataset "
+                f"'{dataset_name}' was registered with {known}. Is it the file the name expects "
+                "(e.g. KINS 2020's update_*_2020.json, 8 categories, vs KINS 2019's "
+                "instances_*.json, 7)?"
+            )
+    if meta.get("thing_classes") is None:
+        meta.set(thing_classes=classes)
+    if meta.get("thing_dataset_id_to_contiguous_id") is None:
+        meta.set(thing_dataset_id_to_contiguous_id=id_map)
+
+
 def _occlude_rate(value: Any, where: str) -> Any:
     # checked here: the evaluator reads it only after training
     if value is not None and (
@@ -199,6 +224,7 @@ def multimask_dicts_from_coco(
     extra_annotation_keys: Sequence[str] = (),
     check_images: bool = True,
     depth_key: Optional[str] = None,
+    cluster_key: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """
     Turn a loaded COCO-style dict into standard dataset dicts with ``multimask`` annotations.
@@ -215,6 +241,9 @@ def multimask_dicts_from_coco(
         check_images: whether to fail here, before training, when an image file does not exist.
         depth_key: annotation key of the depth order (smaller = in front), read by
             ``occluders(...)`` masks and copied to the dataset dicts; None = no order.
+        cluster_key: annotation key of the cluster the depth order holds in (KINS ``oco_id``):
+            objects of different clusters never occlude each other. Copied too; None = one
+            order for the whole image.
 
     Returns:
         list[dict]: one per image, in detectron2's standard format.
@@ -224,9 +253,7 @@ def multimask_dicts_from_coco(
     categories = _categories(coco, json_file)
     id_map = {cat_id: i for i, cat_id in enumerate(categories)}
     if dataset_name is not None:
-        MetadataCatalog.get(dataset_name).set(
-            thing_classes=list(categories.values()), thing_dataset_id_to_contiguous_id=id_map
-        )
+        _set_classes(dataset_name, json_file, list(categories.values()), id_map)
     records = _image_records(coco, json_file, image_root, check_images)
 
     num_dropped_polygons = num_dropped_instances = num_instances = 0
@@ -266,7 +293,7 @@ def multimask_dicts_from_coco(
             obj["segmentation"] = masks[primary_name]
         if "occlude_rate" in ann:
             obj["occlude_rate"] = _occlude_rate(ann["occlude_rate"], where)
-        for key in (*extra_annotation_keys, *([depth_key] if depth_key else [])):
+        for key in (*extra_annotation_keys, *(k for k in (depth_key, cluster_key) if k)):
             if key in ann:
                 obj[key] = ann[key]
         record["annotations"].append(obj)
@@ -274,8 +301,8 @@ def multimask_dicts_from_coco(
 
     if num_dropped_polygons:
         logger.warning(
-            f"{json_file}: dropped {num_dropped_polygons} polygons with fewer than 3 points (or an "
-            "odd number of coordinates); "
+            f"{json_file}: dropped {num_dropped_polygons} polygons with fewer than 3 points or an "
+            "odd number of coordinates (detectron2's rule); "
             f"{num_dropped_instances} instances were left without any valid mask and skipped."
         )
     never = [k for k in fields.keys if k not in keys_seen]
@@ -289,7 +316,7 @@ def multimask_dicts_from_coco(
     dicts = list(records.values())
     if fields.occluder_names:
         for record in dicts:
-            fields.resolve_occluders(record["annotations"], depth_key)
+            fields.resolve_occluders(record["annotations"], depth_key, cluster_key)
     logger.info(
         f"Loaded {len(dicts)} images with {num_instances} instances and masks {fields.names} "
         f"from {json_file}"
@@ -340,7 +367,8 @@ def register_multimask_coco_instances(
         json_file: path of the JSON.
         image_root: directory of the images.
         mask_fields: mask name -> expression (see the module docstring).
-        kwargs: ``bbox_field``, ``extra_annotation_keys``, ``check_images`` of the loader.
+        kwargs: ``bbox_field``, ``extra_annotation_keys``, ``check_images``, ``depth_key``,
+            ``cluster_key`` of the loader.
     """
     fields = MaskFields(mask_fields)
     DatasetCatalog.register(

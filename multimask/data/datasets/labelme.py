@@ -1,5 +1,5 @@
 """
-A folder of LabelMe JSON files (LabelMe 4-5.x) as a multi-mask dataset.
+A folder of LabelMe JSON files (as LabelMe 5.x and 6.x write them) as a multi-mask dataset.
 
 Convention: a shape labelled ``<class><separator><mask name>`` (``car_amodal``, ``car_visible``)
 belongs to that mask of an object of ``<class>``; shapes with the same ``group_id`` and class form
@@ -9,11 +9,14 @@ restart per class: the same ``group_id`` under two classes means two objects. A 
 known mask suffix goes to ``default_mask`` when given (a plain instance-segmentation folder then
 loads as one mask), else it is an error.
 
-Shape types: ``polygon``, ``rectangle``, ``circle`` (center and a point on it; approximated by a
-polygon) and ``mask`` (a base64 PNG whose top-left pixel is the shape's first point; becomes an
-RLE). ``line``, ``linestrip``, ``point`` and ``points`` have no area: skipped, counted in the log.
+Shape types, as LabelMe's own ``shape_to_mask`` reads them: ``polygon``, ``rectangle`` (two
+corners), ``oriented_rectangle`` (LabelMe 6.2+: its 4 corners, read as the polygon it is),
+``circle`` (center and a point on it; approximated by a polygon) and ``mask`` (a base64 PNG whose
+top-left pixel is the shape's first point; becomes an RLE). ``line``, ``linestrip``, ``point`` and
+``points`` have no area: skipped, counted in the log.
 The label ``__ignore__`` (LabelMe's convention) is a crowd region (``iscrowd=1``) of every class:
-the evaluator ignores detections there, the mapper drops it from training.
+the evaluator ignores detections there, the mapper drops it from training, and it is never an
+occluder.
 
 The image is ``imagePath`` relative to the JSON file (or to ``image_root``, then also tried by its
 base name); when absent, the embedded ``imageData`` is written once into ``image_cache_dir``
@@ -23,8 +26,10 @@ base name); when absent, the embedded ``imageData`` is written once into ``image
 The mask-field mapping of :mod:`multimask.data.datasets.coco` applies on top, with the label
 suffixes as the annotation keys: ``{"amodal": "amodal", "visible": "visible or amodal",
 "occluded": "amodal - visible"}`` lets an unoccluded object carry only its amodal shape. Without
-a mapping each mask name is its own suffix. Bad input raises ValueError / FileNotFoundError naming
-the file and shape index (or the object's class and group id).
+a mapping each mask name is its own suffix. ``occluders(NAME)`` masks are resolved per file as the
+COCO loader resolves them without a depth order (LabelMe files have none): every other object whose
+box overlaps counts. Bad input raises ValueError / FileNotFoundError naming the file and shape index
+(or the object's class and group id).
 """
 
 import base64
@@ -63,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = "__ignore__"
 # fewest points each shape type with an area needs
-_MIN_POINTS = {"polygon": 3, "rectangle": 2, "circle": 2, "mask": 2}
+_MIN_POINTS = {"polygon": 3, "rectangle": 2, "oriented_rectangle": 4, "circle": 2, "mask": 2}
 _NO_AREA = ("line", "linestrip", "point", "points")
 
 
@@ -163,7 +168,9 @@ def _mask_rle(shape: Mapping[str, Any], pts: np.ndarray, h: int, w: int, where: 
 def _shape_mask(shape: Mapping[str, Any], shape_type: str, h: int, w: int, where: str):
     """Polygons (list of flat lists) or a compressed RLE of one shape."""
     pts = _points(shape, shape_type, where)
-    if shape_type == "polygon":
+    if shape_type == "oriented_rectangle" and len(pts) != 4:
+        raise ValueError(f"{where}: an oriented_rectangle has 4 points, got {len(pts)}")
+    if shape_type in ("polygon", "oriented_rectangle"):
         return [pts.ravel().tolist()]
     if shape_type == "circle":
         return [_circle_polygon(pts[0], pts[1], where)]
@@ -302,6 +309,8 @@ def _read_file(json_file: str, opts: Dict[str, Any], skipped: Counter) -> Dict[s
             skipped["objects without a mapped mask"] += 1
             continue
         annotations.append(_annotation(obj["class"], resolved, 0, h, w))
+    if fields.occluder_names:
+        fields.resolve_occluders(annotations)
     stem = os.path.splitext(os.path.basename(json_file))[0]
     keys = ("file_name", "height", "width", "image_id", "annotations")
     return dict(zip(keys, (file_name, h, w, stem, annotations)))

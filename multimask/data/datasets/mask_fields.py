@@ -18,9 +18,8 @@ computed; ``multimask.structures.segmentation_to_rle`` turns any of them into pi
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
-
 from ...structures import derived_mask, rle_runs
+from ...structures.segmentation import check_polygon_coords, is_valid_polygon
 
 __all__ = ["MaskFields", "MaskFieldError", "rle_length"]
 
@@ -45,11 +44,12 @@ def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
     Returns:
         (mask, num_dropped): the mask as polygons (list of lists; ``[]`` is an annotated empty
         mask) or the RLE dict as given, or None when not annotated; and how many polygons were
-        dropped for having fewer than 3 points. A mask whose polygons were all dropped is None.
+        dropped by ``is_valid_polygon`` (fewer than 3 points, or an odd number of coordinates). A
+        mask whose polygons were all dropped is None.
 
     Raises:
         MaskFieldError: the value is neither polygons nor RLE, or the RLE's size is not the
-            image's.
+            image's, or a polygon coordinate breaks ``check_polygon_coords``.
     """
     if value is None:
         return None, 0
@@ -62,10 +62,12 @@ def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
             isinstance(p, list) and (len(p) == 0 or isinstance(p[0], (int, float))) for p in value
         ):
             raise MaskFieldError("holds a list that is neither polygons nor one flat polygon")
-        polygons = [p for p in value if len(p) >= 6 and len(p) % 2 == 0]
+        polygons = [p for p in value if is_valid_polygon(p)]
         dropped = len(value) - len(polygons)
-        if polygons:
-            _check_polygon_coords(polygons, height, width)
+        try:
+            check_polygon_coords(polygons, height, width)
+        except ValueError as e:
+            raise MaskFieldError(f"holds {e}") from None
         return (polygons if polygons else None), dropped
     if isinstance(value, dict):
         if "counts" not in value or "size" not in value:
@@ -86,27 +88,6 @@ def normalize(value: Any, height: int, width: int) -> Tuple[Optional[Any], int]:
             )
         return value, 0
     raise MaskFieldError(f"holds a {type(value).__name__}, neither polygons nor RLE")
-
-
-# Polygon vertices farther than this many image sizes from the image are an error: pycocotools
-# allocates memory in proportion to a polygon's extent (1e8 px needs ~8 GB), and a NaN vertex is
-# worse still, so such a value would end the process instead of raising.
-MAX_POLYGON_EXTENT = 10
-
-
-def _check_polygon_coords(polygons: List[list], height: int, width: int) -> None:
-    try:
-        coords = np.concatenate([np.asarray(p, dtype=np.float64) for p in polygons])
-    except (TypeError, ValueError):
-        raise MaskFieldError("holds a polygon with a coordinate that is not a number") from None
-    if not np.isfinite(coords).all():
-        raise MaskFieldError("holds a polygon with a NaN or infinite coordinate")
-    limit = MAX_POLYGON_EXTENT * max(height, width)
-    if np.abs(coords).max() > limit:
-        raise MaskFieldError(
-            f"holds a polygon coordinate {float(np.abs(coords).max()):g}, more than "
-            f"{MAX_POLYGON_EXTENT}x the {height} x {width} image away from it"
-        )
 
 
 def rle_length(counts: Any) -> int:
@@ -270,7 +251,10 @@ class MaskFields:
         return {name: values[name] for name in self.names}, dropped
 
     def resolve_occluders(
-        self, objects: Sequence[Dict[str, Any]], depth_key: Optional[str] = None
+        self,
+        objects: Sequence[Dict[str, Any]],
+        depth_key: Optional[str] = None,
+        cluster_key: Optional[str] = None,
     ) -> None:
         """
         Fill every ``occluders(SRC)`` mask of one image's objects, in place.
@@ -279,14 +263,26 @@ class MaskFields:
         in front of it and whose box overlaps its box, cropped to its box (BCNet / AISFormer's
         occluder). In front: a smaller value under `depth_key` (COCOA's ``order``: 1 is the front);
         when either object has no depth (or depth_key is None), every overlapping object counts.
-        It is kept as a derived mask of those objects' masks (nothing rasterised here); an object
-        with no such neighbour gets an annotated empty mask. Not annotated when its own SRC is not.
+        With `cluster_key`, the depth is an order within one cluster only (KINS: ``ico_id`` is "the
+        relative occlusion id in this cluster", ``oco_id`` the cluster, per the KINS README):
+        objects of two different clusters never occlude each other. A crowd region
+        (``iscrowd``) is never an occluder; its own occluder mask is its SRC mask, the region, as
+        its other masks are, so that evaluation ignores detections there for this mask too.
+        The mask is kept as a derived mask of those objects' masks (nothing rasterised here); an
+        object with no such neighbour gets an annotated empty mask. Not annotated when its own SRC
+        is not.
 
         Args:
             objects: the image's annotations as the loader made them (``bbox`` XYWH_ABS,
-                ``multimask``, optionally `depth_key`).
+                ``multimask``, ``iscrowd``, optionally `depth_key` and `cluster_key`).
             depth_key: annotation key of the depth order, or None.
+            cluster_key: annotation key of the cluster the depth order holds in, or None (one
+                order for the whole image).
         """
+
+        def value(obj: Mapping[str, Any], key: Optional[str]) -> Any:
+            return obj.get(key) if key else None
+
         for name in self.occluder_names:
             src = self._exprs[name][1][0][1]
             boxes = [_xyxy(o["bbox"]) for o in objects]
@@ -294,13 +290,20 @@ class MaskFields:
                 if obj["multimask"].get(src) is None:
                     obj["multimask"][name] = None
                     continue
-                depth = obj.get(depth_key) if depth_key else None
+                if obj.get("iscrowd", 0):
+                    obj["multimask"][name] = obj["multimask"][src]
+                    continue
+                depth, cluster = value(obj, depth_key), value(obj, cluster_key)
                 front = []
                 for j, other in enumerate(objects):
                     mask = other["multimask"].get(src)
-                    if j == i or mask is None or not _overlap(boxes[i], boxes[j]):
+                    if j == i or mask is None or other.get("iscrowd", 0):
                         continue
-                    other_depth = other.get(depth_key) if depth_key else None
+                    other_cluster = value(other, cluster_key)
+                    apart = cluster is not None and other_cluster not in (None, cluster)
+                    if apart or not _overlap(boxes[i], boxes[j]):
+                        continue
+                    other_depth = value(other, depth_key)
                     if depth is None or other_depth is None or other_depth < depth:
                         front.append(mask)
                 if not front:
