@@ -13,12 +13,15 @@ padded with random false positives, as (N, K, H, W) ``pred_multimasks`` and the 
 ``pred_masks``. One timed unit is ``reset(); process(...) for every image; evaluate()``, segm only
 (``tasks=("segm",)``). Ground-truth conversion happens once, before timing, for both: detectron2's
 COCOEvaluator converts the dataset in its constructor, MultiMaskCOCOEvaluator in its first
-``evaluate()`` (a warm-up round). MultiMaskCOCOEvaluator runs two COCOeval per mask name (all
-instances, and the occluded subset).
+``evaluate()`` (a warm-up round). MultiMaskCOCOEvaluator runs one COCOeval per mask name, matched
+twice (all instances, and the occluded subset ``_occluded``; no ``_occ<t>`` thresholds here).
 
 KINS-size mode (--images, or ``measure_eval()`` from another script): ``evaluate()`` of
-MultiMaskCOCOEvaluator (all 2K+1 = 7 passes, on the COCOeval backend it picks) against one
-detectron2 COCOEvaluator segm pass with pycocotools, on ``kins_size_data``; see ``measure_eval``.
+MultiMaskCOCOEvaluator with the config's default protocols (``MULTIMASK.OCCLUSION_THRESHOLDS``
+0.15, 0.25, 0.4: bbox, and per mask name all instances, ``_occluded``, ``_occ<t>`` and
+``_occ<t>_strict``, plus ``segm_occluded_uoais``: 5 COCOeval, 14 matchings, on the COCOeval
+backend it picks) against one detectron2 COCOEvaluator segm pass with pycocotools, on
+``kins_size_data``; see ``measure_eval``.
 """
 
 import contextlib
@@ -35,6 +38,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import COCOEvaluator
@@ -48,7 +52,7 @@ from benchmarks.bench_utils import (  # noqa: E402
     print_table,
     set_threads,
 )
-from multimask import MultiMaskCOCOEvaluator  # noqa: E402
+from multimask import MultiMaskCOCOEvaluator, add_multimask_config  # noqa: E402
 from multimask.structures import derived_mask, segmentation_to_bitmask  # noqa: E402
 
 NAMES = ["amodal", "visible", "occluded"]
@@ -282,12 +286,13 @@ def measure_eval(
     process_images: int = 2,
     repeats: int = 1,
     warmup: int = 0,
-    occlusion_thresholds: Sequence[float] = (),
+    occlusion_thresholds: Optional[Sequence[float]] = None,
 ) -> Dict[str, Any]:
     """
-    MultiMaskCOCOEvaluator.evaluate() (bbox, and segm + occluded subset of amodal, visible and
-    occluded: 7 COCOeval passes, on its `eval_backend`) against one detectron2 COCOEvaluator segm
-    pass with pycocotools (``use_fast_impl=False``) on the amodal masks, on ``kins_size_data``.
+    MultiMaskCOCOEvaluator.evaluate() (bbox, and every key of amodal, visible and occluded, on its
+    `eval_backend`; `occlusion_thresholds` None: the config's default
+    ``MULTIMASK.OCCLUSION_THRESHOLDS``) against one detectron2 COCOEvaluator segm pass with
+    pycocotools (``use_fast_impl=False``) on the amodal masks, on ``kins_size_data``.
 
     Both evaluators get their stored prediction records directly (see ``kins_size_data``); process()
     is timed apart, on the first `process_images` images with full-image masks (median per image).
@@ -321,6 +326,10 @@ def measure_eval(
     with contextlib.redirect_stdout(io.StringIO()):
         d2 = COCOEvaluator(twin, tasks=("segm",), distributed=False, use_fast_impl=False)
     out["d2_gt_s"] = time.perf_counter() - t0
+    if occlusion_thresholds is None:
+        cfg = get_cfg()
+        add_multimask_config(cfg)
+        occlusion_thresholds = cfg.MULTIMASK.OCCLUSION_THRESHOLDS
     mm = MultiMaskCOCOEvaluator(
         dataset,
         NAMES,
@@ -328,6 +337,8 @@ def measure_eval(
         eval_backend=eval_backend,
         occlusion_thresholds=list(occlusion_thresholds),
     )
+    out["occlusion_thresholds"] = list(occlusion_thresholds)
+    out["keys"] = len(mm.keys())
     out["backend"] = mm._backend.name
     t0 = time.perf_counter()
     mm._ground_truth()  # what its first evaluate() does before the passes
@@ -379,6 +390,8 @@ def print_scale(r: Dict[str, Any]) -> None:
     print(
         f"{r['images']} images of {r['size']}, {r['gt_objects']} objects, {r['dets_per_image']} "
         f"detections per image with K = 3 masks; generated in {r['generate_s']:.1f} s\n"
+        f"MultiMaskCOCOEvaluator: {r['keys']} result keys (occlusion thresholds "
+        f"{r['occlusion_thresholds']})\n"
         f"segm AP of the amodal mask: COCOEvaluator {r['ap_segm_d2']:.2f}, "
         f"MultiMaskCOCOEvaluator {r['ap_amodal_mm']:.2f}",
         flush=True,
@@ -408,9 +421,9 @@ def main():
         "--occlusion-thresholds",
         type=float,
         nargs="*",
-        default=[],
-        help="with --images: also the papers' subsets (MULTIMASK.OCCLUSION_THRESHOLDS; the config "
-        "default 0.05 0.15 0.25 0.4 adds 2 x 4 passes for K = 3)",
+        default=None,
+        help="with --images: MULTIMASK.OCCLUSION_THRESHOLDS of the evaluation (default: the "
+        "config's, 0.15 0.25 0.4; none: no _occ<t> keys)",
     )
     args = parser.parse_args()
     set_threads(args.threads)

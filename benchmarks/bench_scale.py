@@ -21,7 +21,10 @@ Measures (ours = multimask with K = 3; detectron2 = its own classes on the amoda
               gt_masks[idx].crop_and_resize(boxes, 28) (PolygonMasks, one mask): idx = 128 random
               instances of a mapped image, boxes = their gt boxes jittered by up to 10%; on --device
               (the masks and boxes are moved there first)
-  eval        benchmarks/bench_eval.py's measure_eval on --eval-images images, if it has one
+  eval        benchmarks/bench_eval.py's measure_eval on --eval-images images, if it has one:
+              MultiMaskCOCOEvaluator.evaluate() with the config's default protocols (every key:
+              bbox, per mask all instances, _occluded, _occ<t>, _occ<t>_strict, and
+              segm_occluded_uoais) against one COCOEvaluator segm pass
   train       one R-50-FPN train step on 2 KINS-like images at 2000 x 604: multimask
               (MultiMaskRCNN, MultiMaskROIHeads, MultiMaskRCNNConvUpsampleHead, K = 3) vs Mask R-CNN
               (GeneralizedRCNN, StandardROIHeads, MaskRCNNConvUpsampleHead), the same config

@@ -93,14 +93,18 @@ def add_multimask_config(cfg: CN) -> None:
     _C.MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_MASKS = []
 
     _C.MULTIMASK = CN()
-    # Minimum occlusion rate (1 - visible area / amodal area, or the dataset's own `occlude_rate`) of an
-    # instance to count in the `segm_<name>_occluded` evaluation subset (rate >= it).
+    # Occlusion rate from which (>=) an instance counts in the `segm_<name>_occluded` subset
+    # (multimask's own; every unmatched detection a false positive). The rate is the annotation's
+    # `occlude_rate`, else 1 - area(visible) / area (see MULTIMASK.OCCLUSION_MASKS).
     _C.MULTIMASK.OCCLUDED_THRESHOLD = 0.1
-    # The papers' occlusion protocols: one `segm_<name>_occ<t>` subset (rate > t) per t in [0, 1);
-    # 0.15 / 0.25 / 0.4: VRSP, AISFormer, MAS-Net; 0.05: UOAIS. [] = none.
-    _C.MULTIMASK.OCCLUSION_THRESHOLDS = [0.05, 0.15, 0.25, 0.4]
-    # [whole, visible] mask names: occlusion rate = 1 - area(visible) / area(whole) when an annotation
-    # has no `occlude_rate`.
+    # The VRSP / AISFormer / MAS-Net protocols: per t in [0, 1], `segm_<name>_occ<t>` (objects
+    # occluded >= t, the forks' rule for unmatched detections) and `segm_<name>_occ<t>_strict`
+    # (the same objects, every unmatched detection a false positive). [] = none.
+    _C.MULTIMASK.OCCLUSION_THRESHOLDS = [0.15, 0.25, 0.4]
+    # [whole, visible] or [whole, visible, occluded] mask names: the occlusion rate of an annotation
+    # without `occlude_rate` is 1 - area(visible) / area(whole), a detection's comes from its
+    # predicted whole and visible masks; the occluded-region mask (default: the one named
+    # `occluded`, if predicted) gets UOAIS's key `segm_<occluded>_uoais`.
     _C.MULTIMASK.OCCLUSION_MASKS = ["amodal", "visible"]
     # Python modules imported before the model and datasets are built (by train_net.py, or by
     # get_multimask_cfg), e.g. ["my_pkg.heads"]: they register heads, ROI heads or datasets that the config

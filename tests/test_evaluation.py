@@ -143,7 +143,11 @@ def assert_same(a, b):
 def test_perfect_predictions_give_ap_100_and_all_keys():
     results = evaluate(*predictions(OBJECTS))
     keys = ["bbox"] + [f"segm_{n}{s}" for n in NAMES for s in ("", "_occluded")]
+    keys += ["segm_occluded_uoais"]  # the occluded mask: UOAIS's occluded-region task
     assert list(results) == keys
+    # every detection counts, as in COCOEvaluator, except an empty predicted mask of the
+    # occluded region: the correctly empty occluded mask of the fully visible object 1 claims no
+    # occluded region, so it is no false positive
     for key in keys:
         for metric in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AP-a", "AP-b"):
             assert metric in results[key]

@@ -25,6 +25,8 @@ from multimask.evaluation import MultiMaskCOCOEvaluator
 from multimask.structures import segmentation_to_rle
 from multimask.utils.results_json import instances_to_coco_json
 
+from . import test_evaluation_papers as papers
+
 NAMES = ("amodal", "visible", "occluded")
 
 
@@ -105,6 +107,65 @@ def test_same_ap_and_results_file_as_detectron2(synthetic, tmp_path, max_dets):
     assert len(records) == len(NAMES) * len(d2_records)
     primary = [{k: v for k, v in r.items() if k != "mask_name"} for r in records[:: len(NAMES)]]
     assert primary == d2_records
+
+
+@pytest.fixture(scope="module")
+def with_json_file(tmp_path_factory):
+    """The papers' test data registered with a COCO json_file of its amodal masks, as builtin
+    datasets with COCO ground truth are: COCOEvaluator reads that file."""
+    name = f"test_eval_json_file_{uuid.uuid4().hex}"
+    dicts = papers.dataset_dicts()
+    images, anns = [], []
+    for d in dicts:
+        images.append({"id": d["image_id"], "height": d["height"], "width": d["width"]})
+        for a in d["annotations"]:
+            rle = a["multimask"]["amodal"]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": d["image_id"],
+                    "category_id": papers.DATASET_IDS[a["category_id"]],
+                    "segmentation": rle,
+                    "area": float(mask_util.area(rle)),
+                    "bbox": list(a["bbox"]),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": papers.DATASET_IDS[k], "name": c} for k, c in enumerate(papers.CLASSES)]
+    json_file = tmp_path_factory.mktemp("json") / "gt.json"
+    json_file.write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": categories})
+    )
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(papers.CLASSES),
+        thing_dataset_id_to_contiguous_id=papers.ID_MAP,
+        json_file=str(json_file),
+    )
+    return name
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_primary_ap_is_coco_evaluator_ap_empty_masks_included(with_json_file, k):
+    """segm_<primary> is COCOEvaluator's segm AP on the same predictions: every detection counts,
+    an empty mask too, images without detection and with more than 100 included."""
+    inputs, outputs = papers.model_outputs()
+    for out in outputs:
+        inst = out["instances"]
+        inst.pred_masks = inst.pred_multimasks[:, 0]
+        inst.pred_multimasks = inst.pred_multimasks[:, :k]
+    assert any(not m.any() for out in outputs for m in out["instances"].pred_masks)
+    d2 = COCOEvaluator(with_json_file, tasks=("segm",), distributed=False, use_fast_impl=False)
+    expected = run(d2, inputs, outputs)["segm"]
+    names = papers.NAMES[:k]
+    ours = MultiMaskCOCOEvaluator(
+        with_json_file, names, distributed=False, eval_backend="pycocotools", tasks=("segm",)
+    )
+    results = run(ours, inputs, outputs)["segm_amodal"]
+    assert set(expected) == set(results)
+    for metric, value in expected.items():
+        assert results[metric] == pytest.approx(value, abs=1e-6, nan_ok=True), metric
+    assert 10 < results["AP"] < 80
 
 
 def test_max_dets_per_image_from_cfg(synthetic):

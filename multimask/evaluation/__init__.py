@@ -1,2 +1,2 @@
 from .coco_evaluation import MultiMaskCOCOEvaluator
-from .cocoeval_backend import SubsetCOCOeval, available_backends, coco_eval_backend
+from .cocoeval_backend import available_backends, coco_eval_backend

@@ -13,9 +13,18 @@ from typing import Any, Dict, List, Mapping, Tuple
 import numpy as np
 from tabulate import tabulate
 
-__all__ = ["METRICS", "per_category_ap", "per_category_table", "summary_metrics"]
+__all__ = [
+    "METRICS",
+    "SUBSET_METRICS",
+    "per_category_ap",
+    "per_category_table",
+    "range_metrics",
+    "summary_metrics",
+]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# The metrics of a key evaluated as one area range of a COCOeval run (the occluded subsets)
+SUBSET_METRICS = ("AP", "AP50", "AP75")
 
 
 def _mean_percent(precision: np.ndarray) -> float:
@@ -24,36 +33,53 @@ def _mean_percent(precision: np.ndarray) -> float:
     return float(defined.mean() * 100) if defined.size else float("nan")
 
 
+def _area_index(coco_eval: Any, label: str) -> int:
+    return list(coco_eval.params.areaRngLbl).index(label)
+
+
+def range_metrics(coco_eval: Any, label: str = "all") -> Dict[str, float]:
+    """
+    AP, AP50, AP75 in percent on the area range `label` of ``params.areaRngLbl``, at the last
+    ``maxDets``.
+
+    Args:
+        coco_eval: a COCOeval after ``evaluate()`` and ``accumulate()``, with the standard IoU
+            thresholds.
+    """
+    p = coco_eval.params
+    # precision: (iou thresholds, recall thresholds, categories, area ranges, max dets)
+    precision = coco_eval.eval["precision"][..., _area_index(coco_eval, label), len(p.maxDets) - 1]
+    iou = {t: np.flatnonzero(np.isclose(p.iouThrs, t)) for t in (0.5, 0.75)}
+    return {
+        "AP": _mean_percent(precision),
+        "AP50": _mean_percent(precision[iou[0.5]]),
+        "AP75": _mean_percent(precision[iou[0.75]]),
+    }
+
+
 def summary_metrics(coco_eval: Any) -> Dict[str, float]:
     """
     AP, AP50, AP75, APs, APm, APl in percent at the last ``maxDets``.
 
     Args:
         coco_eval: a COCOeval after ``evaluate()`` and ``accumulate()``, with the standard IoU
-            thresholds and area ranges.
+            thresholds and area ranges ("all", "small", "medium", "large").
     """
-    p = coco_eval.params
-    # precision: (iou thresholds, recall thresholds, categories, area ranges, max dets)
-    precision = coco_eval.eval["precision"][..., len(p.maxDets) - 1]
-    iou = {t: np.flatnonzero(np.isclose(p.iouThrs, t)) for t in (0.5, 0.75)}
-    area = {label: i for i, label in enumerate(p.areaRngLbl)}
-    return {
-        "AP": _mean_percent(precision[:, :, :, area["all"]]),
-        "AP50": _mean_percent(precision[iou[0.5], :, :, area["all"]]),
-        "AP75": _mean_percent(precision[iou[0.75], :, :, area["all"]]),
-        "APs": _mean_percent(precision[:, :, :, area["small"]]),
-        "APm": _mean_percent(precision[:, :, :, area["medium"]]),
-        "APl": _mean_percent(precision[:, :, :, area["large"]]),
-    }
+    results = range_metrics(coco_eval, "all")
+    for label, key in (("small", "APs"), ("medium", "APm"), ("large", "APl")):
+        results[key] = range_metrics(coco_eval, label)["AP"]
+    return results
 
 
-def per_category_ap(coco_eval: Any, names: Mapping[int, str]) -> List[Tuple[str, float]]:
+def per_category_ap(
+    coco_eval: Any, names: Mapping[int, str], label: str = "all"
+) -> List[Tuple[str, float]]:
     """(category name, AP in percent) per category of ``params.catIds``, at the last maxDets."""
     precision = coco_eval.eval["precision"]
     m = len(coco_eval.params.maxDets) - 1
-    area_all = list(coco_eval.params.areaRngLbl).index("all")
+    a = _area_index(coco_eval, label)
     return [
-        (names[cat_id], _mean_percent(precision[:, :, k, area_all, m]))
+        (names[cat_id], _mean_percent(precision[:, :, k, a, m]))
         for k, cat_id in enumerate(coco_eval.params.catIds)
     ]
 

@@ -24,9 +24,9 @@ from pycocotools.cocoeval import COCOeval
 
 __all__ = [
     "BACKENDS",
-    "SUBSET_IGNORE",
+    "PROTOCOL_IGNORE",
     "CocoEvalBackend",
-    "SubsetCOCOeval",
+    "RerunnableCOCOeval",
     "available_backends",
     "coco_eval_backend",
 ]
@@ -35,47 +35,64 @@ logger = logging.getLogger(__name__)
 
 # In the order "auto" tries them.
 BACKENDS = ("detectron2", "faster_coco_eval", "pycocotools")
-# Ground-truth flag read by the subset-aware COCOeval classes: ignored like a crowd, but matched
-# with the ordinary IoU.
-SUBSET_IGNORE = "multimask_subset_ignore"
+# Ground-truth flag read by the rerunnable COCOeval classes: ignored like a crowd, but matched with
+# the ordinary IoU (as COCOeval treats an instance outside the evaluated area range).
+PROTOCOL_IGNORE = "multimask_ignore"
 
 
-class _SubsetIgnore:
+class _Rerunnable:
     """
-    Mixin for a COCOeval class: ground truth flagged ``SUBSET_IGNORE`` is ignored.
+    Mixin for a COCOeval class: ``evaluate()`` can run again on the same ground truth and
+    detections with other ``area`` values, ``PROTOCOL_IGNORE`` flags and ``params.areaRng``, at
+    the cost of the matching only.
 
-    Every backend's ``_prepare`` rebuilds ``gt["ignore"]`` from ``iscrowd`` alone, so an ``ignore``
-    key in the ground truth has no effect; the flag is applied after it. A flagged instance keeps
-    its own mask and normal IoU (unlike a crowd, it can absorb one detection only); a detection
-    matched to it counts neither as a true nor as a false positive, and the instance is not counted
-    as missed: the same rule COCOeval applies to instances outside the evaluated area range.
-
-    The prepared ground truth of all three backends refers to the annotation dicts of ``cocoGt``
-    (pycocotools and detectron2 list them in ``self._gts``; faster-coco-eval's C++ dataset holds
-    references and reads ``ignore`` when it matches), so flagging those dicts reaches each of them.
+    The first ``evaluate()`` prepares as the backend does (RLEs, per-image lists) and computes the
+    IoUs; later ones reuse both, which is valid while ``imgIds``, ``catIds``, ``maxDets`` and the
+    masks stay the same. Every backend reads ``area``, ``ignore`` and ``iscrowd`` from the
+    annotation dicts of ``cocoGt`` / ``cocoDt`` when it matches (pycocotools and detectron2 list
+    those dicts in ``self._gts`` / ``self._dts``; faster-coco-eval's C++ dataset holds references
+    to them), so changing those dicts between runs reaches each of them;
     ``tests/test_evaluation_backends.py`` checks that it does.
+
+    Every backend's ``_prepare`` rebuilds ``ignore`` from ``iscrowd`` alone; the flag is applied
+    after it, on every run. A flagged instance keeps its own mask and normal IoU (unlike a crowd,
+    it can absorb one detection only); a detection matched to it counts neither as a true nor as a
+    false positive, and the instance is not counted as missed.
     """
+
+    _prepared = False
 
     def _prepare(self):
-        super()._prepare()
+        if not self._prepared:
+            super()._prepare()
+            self._prepared = True
+            self._iou_cache = {}
+        elif hasattr(self, "rle_iou_max_workers"):
+            # faster-coco-eval computes IoUs in a thread pool: not worth it for cache lookups
+            self.rle_iou_max_workers = 1
         for ann in self.cocoGt.anns.values():
-            if ann.get(SUBSET_IGNORE, False):
-                ann["ignore"] = 1
+            ann["ignore"] = int(bool(ann.get("iscrowd", 0) or ann.get(PROTOCOL_IGNORE, False)))
+
+    def computeIoU(self, imgId, catId):
+        key = (imgId, catId)
+        if key not in self._iou_cache:
+            self._iou_cache[key] = super().computeIoU(imgId, catId)
+        return self._iou_cache[key]
 
 
-class SubsetCOCOeval(_SubsetIgnore, COCOeval):
-    """pycocotools' COCOeval that also ignores ground truth flagged ``SUBSET_IGNORE``."""
+class RerunnableCOCOeval(_Rerunnable, COCOeval):
+    """pycocotools' COCOeval, rerunnable (see ``_Rerunnable``)."""
 
 
 @dataclass(frozen=True)
 class CocoEvalBackend:
     """
-    One COCOeval implementation: its COCO class and its subset-aware COCOeval class.
+    One COCOeval implementation: its COCO class and its rerunnable COCOeval class.
 
     Attributes:
         name: one of ``BACKENDS``.
         coco_cls: the COCO class its COCOeval expects (ground truth and results).
-        cocoeval_cls: its COCOeval class with ``SUBSET_IGNORE`` support.
+        cocoeval_cls: its COCOeval class, rerunnable (see ``_Rerunnable``).
         cocoeval_kwargs: extra constructor arguments of ``cocoeval_cls``.
     """
 
@@ -93,11 +110,19 @@ class CocoEvalBackend:
         return coco
 
     def load_results(self, coco_gt: Any, results: List[Dict[str, Any]]) -> Any:
-        """``coco_gt.loadRes(results)``, also for an empty list, on copies (loadRes adds keys)."""
-        if not results:  # pycocotools' loadRes fails on an empty list; no detection at all is AP 0
-            return self.coco({**coco_gt.dataset, "annotations": []})
-        with contextlib.redirect_stdout(io.StringIO()):
-            return coco_gt.loadRes([dict(r) for r in results])
+        """
+        The results COCO of `results`, as ``coco_gt.loadRes(results)`` builds it for boxes or
+        masks (ids 1..N, ``iscrowd`` 0), on copies, also for an empty list.
+
+        Each record must carry its ``area`` (``loadRes`` computes ``w * h`` of a box, or the pixel
+        area of a mask): the evaluator knows it already, and ``loadRes``' loop over the records is
+        a large part of an evaluation. A mask record gets no ``bbox`` (mask AP does not read it).
+        """
+        anns = [{**r, "id": k, "iscrowd": 0} for k, r in enumerate(results, 1)]
+        dataset = coco_gt.dataset
+        return self.coco(
+            {"images": dataset["images"], "categories": dataset["categories"], "annotations": anns}
+        )
 
     def cocoeval(self, coco_gt: Any, coco_dt: Any, iou_type: str) -> Any:
         return self.cocoeval_cls(coco_gt, coco_dt, iou_type, **self.cocoeval_kwargs)
@@ -107,26 +132,29 @@ def _detectron2() -> CocoEvalBackend:
     # raises ImportError when detectron2 was installed without its compiled _C
     from detectron2.evaluation.fast_eval_api import COCOeval_opt
 
-    class SubsetCOCOevalOpt(_SubsetIgnore, COCOeval_opt):
+    class RerunnableCOCOevalOpt(_Rerunnable, COCOeval_opt):
         pass
 
-    return CocoEvalBackend("detectron2", COCO, SubsetCOCOevalOpt)
+    return CocoEvalBackend("detectron2", COCO, RerunnableCOCOevalOpt)
 
 
 def _faster_coco_eval() -> CocoEvalBackend:
     import faster_coco_eval
 
-    class SubsetCOCOevalFaster(_SubsetIgnore, faster_coco_eval.COCOeval_faster):
+    class RerunnableCOCOevalFaster(_Rerunnable, faster_coco_eval.COCOeval_faster):
         pass
 
     # print: its progress and summary lines then go where pycocotools' do (stdout, captured)
     return CocoEvalBackend(
-        "faster_coco_eval", faster_coco_eval.COCO, SubsetCOCOevalFaster, {"print_function": print}
+        "faster_coco_eval",
+        faster_coco_eval.COCO,
+        RerunnableCOCOevalFaster,
+        {"print_function": print},
     )
 
 
 def _pycocotools() -> CocoEvalBackend:
-    return CocoEvalBackend("pycocotools", COCO, SubsetCOCOeval)
+    return CocoEvalBackend("pycocotools", COCO, RerunnableCOCOeval)
 
 
 _LOADERS: Dict[str, Callable[[], CocoEvalBackend]] = {

@@ -1,6 +1,7 @@
 """
 The evaluation ground truth of ``MultiMaskCOCOEvaluator``: read once from the dataset dicts, then
-one in-memory COCO dataset per task, mask name and occluded subset.
+one in-memory COCO dataset per task and mask name (its occluded subsets are evaluated on it, see
+``coco_evaluation``), and one for UOAIS's occluded-region task.
 """
 
 import logging
@@ -11,10 +12,12 @@ import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 
 from ..structures import segmentation_to_rle
-from .cocoeval_backend import SUBSET_IGNORE
-from .occlusion import OcclusionSubset, occlusion_rate
+from .occlusion import OcclusionSubset, visible_fraction, whole_area
 
-__all__ = ["build_ground_truth", "coco_ground_truth"]
+__all__ = ["VISIBLE_FRACTION", "build_ground_truth", "coco_ground_truth", "uoais_ground_truth"]
+
+# Key of a COCO record (ground truth or detection) holding its visible fraction (see occlusion.py)
+VISIBLE_FRACTION = "multimask_visible_fraction"
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +36,10 @@ def build_ground_truth(
     classes: Sequence[str],
     dataset_ids: Mapping[int, int],
     mask_names: Set[str],
-    occlusion_masks: Tuple[str, str],
+    occlusion_masks: Tuple[str, ...],
 ) -> Dict[str, Any]:
     """
-    Images, categories and, per annotation, box, RLE of each mask name and occlusion rate.
+    Images, categories and, per annotation, box, RLE of each mask name and visible fraction.
 
     The COCO records number the images 1..N (``coco_ids`` maps the dataset's image_id to them):
     the C++ backends need integer image ids, datasets may use strings.
@@ -47,7 +50,7 @@ def build_ground_truth(
         classes: ``thing_classes``.
         dataset_ids: contiguous class -> the dataset's category id.
         mask_names: the masks to read (the evaluated ones and the occlusion masks).
-        occlusion_masks: (whole, visible), see ``occlusion_rate``.
+        occlusion_masks: (whole, visible, ...), see ``occlusion.visible_fraction``.
 
     Returns:
         dict with "images", "categories", "annotations" (internal records) and "coco_ids".
@@ -70,16 +73,19 @@ def build_ground_truth(
                     a, coco_ids[img_id], (h, w), mask_names, dataset_ids, occlusion_masks, where
                 )
             )
-    unknown = sum(a["occlusion"] is None for a in anns)
+    unknown = sum(a["visible_fraction"] is None for a in anns)
     if anns and unknown == len(anns):
-        whole, visible = occlusion_masks
+        whole, visible = occlusion_masks[:2]
         logger.warning(
             f"'{dataset_name}': no instance has an occlude_rate or annotated '{whole}' and "
             f"'{visible}' masks (the occlusion masks): every occluded subset is NaN. Set "
             "MULTIMASK.OCCLUSION_MASKS to the dataset's [whole, visible] mask names."
         )
     elif unknown:
-        logger.info(f"'{dataset_name}': {unknown} of {len(anns)} instances have no occlusion rate")
+        logger.info(
+            f"'{dataset_name}': {unknown} of {len(anns)} instances have no occlusion rate (in no "
+            "occluded subset)"
+        )
     return {"images": images, "categories": categories, "annotations": anns, "coco_ids": coco_ids}
 
 
@@ -89,7 +95,7 @@ def _annotation(
     size: Tuple[int, int],
     mask_names: Set[str],
     dataset_ids: Mapping[int, int],
-    occlusion_masks: Tuple[str, str],
+    occlusion_masks: Tuple[str, ...],
     where: str,
 ) -> Dict[str, Any]:
     if "bbox" not in a or "bbox_mode" not in a or "category_id" not in a:
@@ -115,23 +121,29 @@ def _annotation(
         "box_area": float(box_area),
         "rles": rles,
         "areas": areas,
-        "occlusion": occlusion_rate(a, areas, occlusion_masks, where),
+        "visible_fraction": visible_fraction(a, areas, occlusion_masks, where),
+        "whole_area": whole_area(a, areas, occlusion_masks[0]),
         "size": size,
     }
 
 
+def _crowd_box(a: Mapping[str, Any]) -> Dict[str, Any]:
+    """A crowd region covering the instance's box: it absorbs every detection inside it."""
+    x, y, bw, bh = a["bbox"]
+    poly = [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
+    return {"iscrowd": 1, "area": bw * bh, "segmentation": _to_rle(poly, *a["size"], "")}
+
+
 def coco_ground_truth(
-    gt: Mapping[str, Any],
-    task: str,
-    name: Optional[str] = None,
-    subset: Optional[OcclusionSubset] = None,
+    gt: Mapping[str, Any], task: str, name: Optional[str] = None
 ) -> Dict[str, list]:
     """
     The COCO dataset (images, categories, annotations) of ``bbox``, or of mask `name`.
 
     For a mask: an instance whose mask is not annotated is a crowd region over its box (it absorbs
-    every detection inside it); one annotated empty is left out (no object of this mask); with a
-    `subset`, the instances outside it are flagged ``SUBSET_IGNORE``.
+    every detection inside it); one annotated empty is left out (no object of this mask). Each
+    record of a mask also holds its instance's visible fraction (``VISIBLE_FRACTION``, None when
+    unknown), which selects the occluded subsets.
 
     Args:
         gt: ``build_ground_truth``'s result.
@@ -143,15 +155,44 @@ def coco_ground_truth(
         if task == "bbox":
             rec["area"] = a["box_area"]
         elif name not in a["rles"]:
-            x, y, bw, bh = a["bbox"]
-            poly = [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
-            rec.update(iscrowd=1, area=bw * bh, segmentation=_to_rle(poly, *a["size"], ""))
+            rec.update(_crowd_box(a))
         elif a["areas"][name] == 0:
             continue
         else:
             rec.update(area=a["areas"][name], segmentation=a["rles"][name])
-            if subset is not None and not rec["iscrowd"]:
-                rec[SUBSET_IGNORE] = not subset.contains(a["occlusion"])
+        if task != "bbox":
+            rec[VISIBLE_FRACTION] = a["visible_fraction"]
         rec["id"] = len(anns) + 1  # ids must be > 0: COCOeval uses 0 for "unmatched"
+        anns.append(rec)
+    return {"images": gt["images"], "categories": gt["categories"], "annotations": anns}
+
+
+def uoais_ground_truth(
+    gt: Mapping[str, Any], name: str, subset: OcclusionSubset
+) -> Dict[str, list]:
+    """
+    The ground truth of UOAIS's ``occlusion_segm`` task: the instances of `subset` (occluded >
+    0.05), with their mask `name` (the occluded region); the others are removed. Each one's
+    ``area`` is the whole area times its occlusion rate, as UOAIS's ``createIndex`` sets it
+    (``area * occluded_rate``); it only places the instance in APs / APm / APl.
+
+    An instance whose occlusion is unknown, or whose mask `name` is not annotated, is not
+    annotated for this task: a crowd region over its box, as in ``coco_ground_truth``; one of the
+    subset annotated empty is left out.
+    """
+    anns = []
+    for a in gt["annotations"]:
+        fraction = a["visible_fraction"]
+        if fraction is not None and not subset.contains(fraction):
+            continue
+        rec = {k: a[k] for k in ("image_id", "category_id", "bbox", "iscrowd")}
+        if fraction is None or name not in a["rles"]:
+            rec.update(_crowd_box(a))
+        elif a["areas"][name] == 0:
+            continue
+        else:
+            area = a["whole_area"] * (1.0 - a["visible_fraction"])
+            rec.update(area=area, segmentation=a["rles"][name])
+        rec["id"] = len(anns) + 1
         anns.append(rec)
     return {"images": gt["images"], "categories": gt["categories"], "annotations": anns}
