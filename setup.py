@@ -21,5 +21,6 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    # slurm: tools/submit_slurm.py (multimask.engine.SubmititJob); the tests use it too
+    extras_require={"test": ["pytest", "submitit>=1.5"], "slurm": ["submitit>=1.5"]},
 )

@@ -4,19 +4,22 @@ Train and evaluate multi-mask R-CNN models, with detectron2's command line:
 
     python train_net.py --config-file configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml
     python train_net.py --config-file <yaml> --eval-only MODEL.WEIGHTS <model.pth>
-    python train_net.py --config-file <yaml> --resume                 # continue OUTPUT_DIR/last_checkpoint
-    python train_net.py --config-file <yaml> --num-gpus 2 MODEL.DEVICE cpu   # 2 gloo processes on CPU
-    python train_net.py --config-file <yaml> --trainer simple        # the explicit loop of plain_train_loop
+    python train_net.py --config-file <yaml> --resume        # continue OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file <yaml> --num-gpus 2 MODEL.DEVICE cpu   # 2 gloo processes
+    python train_net.py --config-file <yaml> --trainer simple   # the loop of plain_train_loop
+    torchrun --nproc_per_node 2 train_net.py --config-file <yaml>   # processes torchrun started
+    python tools/submit_slurm.py --config-file <yaml> --nodes 2 --gpus-per-node 8 --partition P \
+        --timeout 4320                                  # SLURM; requeued with --resume
 
-A ``.py`` config is a detectron2 LazyConfig (see configs/common/), run by multimask.engine.lazy_train with
-dotted overrides:
+A ``.py`` config is a detectron2 LazyConfig (see configs/common/), run by multimask.engine.lazy_train
+with dotted overrides:
 
     python train_net.py --config-file configs/quick_schedules/multimask_R18_FPN_quick_synthetic.py \
         train.max_iter=100 model.roi_heads.mask_head.loss_weights=[1,0.5]
 """
 import logging
 
-from detectron2.engine import create_ddp_model, default_argument_parser, default_setup, launch
+from detectron2.engine import create_ddp_model, default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -26,9 +29,11 @@ from multimask.engine import (
     AtomicDetectionCheckpointer,
     MultiMaskTrainer,
     check_datasets,
+    config_device,
     ddp_kwargs,
     do_test,
     do_train,
+    launch,
 )
 from multimask.engine.lazy_train import lazy_main
 
@@ -88,14 +93,23 @@ def get_parser():
     return parser
 
 
-if __name__ == "__main__":
-    args = get_parser().parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
+def launch_main(main_func, args):
+    """
+    Run ``main_func(args)`` in every process: those torchrun (or tools/submit_slurm.py) started, or
+    ``--num-gpus`` spawned ones; the process group's backend follows the config's device.
+    """
+    return launch(
+        main_func,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        device=config_device(args.config_file, args.opts),
     )
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    print("Command Line Args:", args)
+    launch_main(main, args)

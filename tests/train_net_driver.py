@@ -11,7 +11,8 @@ plus test instrumentation chosen by environment variables:
   writes, so that a test can kill the process in the middle of a save.
 
 This module's top level runs in the processes that ``launch`` spawns as well (they import it as
-``__mp_main__``), so the splits and patches exist in every process.
+``__mp_main__``), so the splits and patches exist in every process; started by torchrun, or as the
+``--target`` of tools/submit_slurm.py, it is the script of every process.
 """
 
 import io
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_net  # noqa: E402
-from detectron2.engine import hooks, launch  # noqa: E402
+from detectron2.engine import hooks  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from multimask.engine import MultiMaskTrainer  # noqa: E402
 from tests.reliability_common import LossRecorder, register_tiny_splits  # noqa: E402
@@ -83,13 +84,7 @@ def main(args):
     return results
 
 
+get_parser = train_net.get_parser  # what tools/submit_slurm.py's --target needs, with main
+
 if __name__ == "__main__":
-    args = train_net.get_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    train_net.launch_main(main, get_parser().parse_args())

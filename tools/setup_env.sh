@@ -34,9 +34,9 @@ fi
 
 DEPS=(fvcore iopath yacs pycocotools "faster-coco-eval>=1.8" opencv-python-headless "omegaconf>=2.1,<2.4"
       "hydra-core>=1.1" tabulate termcolor cloudpickle tensorboard matplotlib "setuptools<81" tqdm Pillow
-      packaging pytest)
+      packaging pytest "submitit>=1.5")
 if ! have "import fvcore, iopath, yacs, pycocotools, faster_coco_eval, cv2, omegaconf, hydra, tabulate, \
-termcolor, cloudpickle, tensorboard, matplotlib, pkg_resources, tqdm, PIL, pytest"; then
+termcolor, cloudpickle, tensorboard, matplotlib, pkg_resources, tqdm, PIL, pytest, submitit"; then
     log "installing detectron2's and multimask's dependencies"
     "${PIP[@]}" "${DEPS[@]}"
 fi

@@ -1,5 +1,6 @@
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import ValidationLossHook, build_validation_loss_hook, compute_validation_loss
+from .launch import SubmititJob, config_device, distributed_env, launch
 from .plain_train_loop import do_test, do_train
 from .trainer import (
     MultiMaskTrainer,

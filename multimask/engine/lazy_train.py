@@ -29,9 +29,10 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
 from ..config import import_custom_modules
-from ..data import check_mask_names
+from ..data import check_mask_names, check_same_classes
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import ValidationLossHook, build_validation_loss_loader
+from .launch import ddp_device_ids
 from .resume import ResumeStateHook, preserve_rng_states, resumable_train_loader
 from .trainer import amp_enabled
 
@@ -78,6 +79,7 @@ def _check_datasets(cfg: DictConfig) -> None:
         if loader is not None and "names" in loader.get("dataset", {}):
             datasets[split] = _names(loader.dataset)
     check_mask_names(sum(datasets.values(), []), list(cfg.model.roi_heads.mask_head.mask_names))
+    check_same_classes(sum(datasets.values(), []))
     num_classes = cfg.model.roi_heads.num_classes
     for name in datasets.get("train", []):
         classes = MetadataCatalog.get(name).get("thing_classes")
@@ -90,8 +92,8 @@ def _check_datasets(cfg: DictConfig) -> None:
 
 def _ddp(model, cfg: DictConfig):
     kwargs = dict(cfg.train.get("ddp", {}))
-    if cfg.train.device == "cpu":
-        kwargs["device_ids"] = None  # DDP rejects device_ids for a CPU module (gloo)
+    # None on the CPU (DDP rejects device ids there), else the GPU that launch selected
+    kwargs["device_ids"] = ddp_device_ids(cfg.train.device)
     return create_ddp_model(model, **kwargs)
 
 

@@ -11,10 +11,11 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, create_ddp_model, hooks
 from detectron2.engine import defaults as d2_defaults
 
-from ..data import MultiMaskDatasetMapper, check_mask_names
+from ..data import MultiMaskDatasetMapper, check_mask_names, check_same_classes
 from ..evaluation import MultiMaskCOCOEvaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import build_validation_loss_hook
+from .launch import ddp_device_ids
 from .resume import ResumeStateHook, build_resumable_train_loader, preserve_rng_states
 
 __all__ = ["MultiMaskTrainer", "amp_enabled", "ddp_kwargs", "check_datasets", "check_num_classes"]
@@ -25,15 +26,21 @@ logger = logging.getLogger(__name__)
 def ddp_kwargs(cfg) -> Dict:
     """
     Extra DistributedDataParallel arguments: detectron2 passes ``device_ids=[local_rank]``, which DDP
-    rejects for a module on the CPU (gloo data parallel, ``--num-gpus N MODEL.DEVICE cpu``).
+    rejects for a module on the CPU (gloo data parallel, ``--num-gpus N MODEL.DEVICE cpu``) and
+    which names no device where processes share a GPU or each sees only its own: the device that
+    ``multimask.engine.launch`` selected instead (``ddp_device_ids``).
     """
-    return {"device_ids": None} if cfg.MODEL.DEVICE == "cpu" else {}
+    return {"device_ids": ddp_device_ids(cfg.MODEL.DEVICE)}
 
 
 def check_datasets(cfg) -> None:
-    """Fail before training if a train/test dataset lacks one of the config's MASK_NAMES."""
+    """
+    Fail before training if a train/test dataset lacks one of the config's MASK_NAMES, or if the
+    datasets' classes differ (see ``check_same_classes``).
+    """
     names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     check_mask_names(names, cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
+    check_same_classes(names)
 
 
 def check_num_classes(cfg) -> None:
@@ -70,7 +77,8 @@ def _cpu_ddp(cfg) -> Iterator[None]:
     """
     DefaultTrainer.__init__ wraps the model with ``create_ddp_model(model, broadcast_buffers=False)``,
     which passes ``device_ids=[local_rank]``: DDP rejects that for a CPU module (gloo, ``--num-gpus N
-    MODEL.DEVICE cpu``), and DefaultTrainer has no method to override for it.
+    MODEL.DEVICE cpu``), it names no device where processes share a GPU, and DefaultTrainer has no
+    method to override for it: ``ddp_kwargs`` replaces it.
     """
     if not ddp_kwargs(cfg):
         yield
