@@ -6,6 +6,10 @@ Run a multimask model on images, a video or a webcam, and draw every predicted m
         --config-file configs/quick_schedules/multimask_R18_FPN_quick_synthetic.yaml \\
         --input "images/*.png" --output out/ --masks amodal,visible \\
         --json-output out/results.json --opts MODEL.WEIGHTS output/model_final.pth
+
+Results go to files (--output drawings, --json-output, --labelme-output), which never needs a
+display; only when none is given (and always for --webcam) are they shown in a window, which needs
+an opencv with a GUI (not opencv-python-headless) and a display.
 """
 
 import argparse
@@ -25,8 +29,12 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers the model, its heads and the builtin datasets)
 from multimask.config import fall_back_to_cpu, get_multimask_cfg  # noqa: E402
+from multimask.utils.labelme_export import (  # noqa: E402
+    DEFAULT_EPSILON,
+    DEFAULT_MIN_IOU,
+    instances_to_labelme,
+)
 from multimask.utils.results_json import instances_to_coco_json  # noqa: E402
-from multimask.utils.labelme_export import instances_to_labelme  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import VisualizationDemo  # noqa: E402
@@ -57,8 +65,9 @@ def get_parser():
     parser.add_argument(
         "--output",
         help="a file (one image or a video) or a directory to save the drawings in; a path "
-        "ending in '/', or given several inputs, is a directory and is created. Without it, show "
-        "in a window.",
+        "ending in '/', or given several inputs, is a directory and is created. Without it and "
+        "without --json-output / --labelme-output, show them in a window (needs a display and an "
+        "opencv with a GUI).",
     )
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.5, help="minimum score of a drawn instance"
@@ -93,6 +102,15 @@ def get_parser():
         "with register_multimask_labelme_instances",
     )
     parser.add_argument(
+        "--labelme-epsilon",
+        type=float,
+        default=DEFAULT_EPSILON,
+        metavar="PIXELS",
+        help="simplify the --labelme-output outlines (Douglas-Peucker) by up to this many pixels, "
+        f"less where an outline would lose IoU {DEFAULT_MIN_IOU} with its pixels; 0 = a vertex "
+        "at every pixel corner",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs to override"
     )
     return parser
@@ -121,16 +139,67 @@ def _dataset_ids(metadata):
     return [inverse[i] for i in range(len(inverse))]
 
 
+def _shows_window(args) -> bool:
+    """Results are shown in a window only when no file is asked for (and always for --webcam)."""
+    return bool(args.webcam) or not (args.output or args.json_output or args.labelme_output)
+
+
+def _open_window():
+    """Open the demo's window, or raise a clear error where that cannot work."""
+    alternative = "give --output FILE_OR_DIR (or --json-output / --labelme-output) to write files"
+    info = cv2.getBuildInformation().splitlines()
+    gui = [line for line in info if line.strip().startswith("GUI:")]
+    if gui and gui[0].split(":", 1)[1].strip() == "NONE":
+        raise RuntimeError(
+            f"demo.py shows results in a window when no output file is given, but this opencv "
+            f"({cv2.__version__}) is built without a GUI (opencv-python-headless): {alternative}, "
+            f"or install opencv-python"
+        )
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        raise RuntimeError(
+            f"demo.py shows results in a window when no output file is given, but there is no "
+            f"display (DISPLAY is not set): {alternative}"
+        )
+    try:
+        cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+    except cv2.error as e:
+        raise RuntimeError(f"demo.py cannot open a window ({e}): {alternative}") from None
+
+
+def _labelme_paths(paths, folder):
+    """DIR/<image name>.json per image; two images of one name would overwrite each other."""
+    json_paths = [
+        os.path.join(folder, os.path.splitext(os.path.basename(p))[0] + ".json") for p in paths
+    ]
+    seen = {}
+    for path, json_path in zip(paths, json_paths):
+        if json_path in seen:
+            raise ValueError(
+                f"--labelme-output: {seen[json_path]} and {path} would both be written to "
+                f"{json_path}; give images of different names"
+            )
+        seen[json_path] = path
+    return json_paths
+
+
 def run_images(demo, args, logger, records=None):
-    """Predict and draw every --input image; append its results to `records` unless None."""
+    """Predict (and draw) every --input image; append its results to `records` unless None."""
     paths = _expand_inputs(args.input)
     as_dir = args.output and _is_dir_output(args.output, len(paths))
     if as_dir:
         PathManager.mkdirs(args.output)
-    for idx, path in enumerate(tqdm.tqdm(paths, disable=not args.output)):
+    json_paths = _labelme_paths(paths, args.labelme_output) if args.labelme_output else None
+    show = _shows_window(args)
+    classes = demo.metadata.get("thing_classes", None)
+    for idx, path in enumerate(tqdm.tqdm(paths, disable=show)):
         img = read_image(path, format="BGR")
         start = time.time()
-        predictions, drawing = demo.run_on_image(img)
+        if args.output or show:
+            predictions, drawing = demo.run_on_image(img)
+        else:  # files of results only: no drawing
+            predictions = demo.predict(img)
         logger.info(f"{path}: detected {len(predictions)} instances in {time.time() - start:.2f}s")
         if records is not None:
             records += instances_to_coco_json(
@@ -140,28 +209,27 @@ def run_images(demo, args, logger, records=None):
                 file_name=path,
                 dataset_ids=_dataset_ids(demo.metadata),
             )
-        if args.labelme_output:
-            stem = os.path.splitext(os.path.basename(path))[0]
-            classes = demo.metadata.get("thing_classes", None)
-            json_path = os.path.join(args.labelme_output, stem + ".json")
+        if json_paths:
             instances_to_labelme(
                 predictions,
                 path,
-                json_path,
+                json_paths[idx],
                 classes,
                 demo.mask_names,
                 pred_mask_names=demo.pred_mask_names,
+                epsilon=args.labelme_epsilon,
             )
         if args.output:
             out = os.path.join(args.output, os.path.basename(path)) if as_dir else args.output
             if os.path.splitext(out)[1].lower() not in _IMAGE_EXTENSIONS:
                 out += ".png"
             cv2.imwrite(out, drawing[:, :, ::-1])
-        else:
-            cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
+        elif show:
             cv2.imshow(WINDOW_NAME, drawing[:, :, ::-1])
             if cv2.waitKey(0) == 27:
                 break  # esc to quit
+    if show:
+        cv2.destroyAllWindows()
 
 
 def _open_writer(path, fps, frame_shape):
@@ -192,7 +260,9 @@ def run_video(demo, args, logger, records=None):
             PathManager.mkdirs(out)
             out = os.path.join(out, os.path.splitext(os.path.basename(source))[0] + ".mp4")
     dataset_ids = _dataset_ids(demo.metadata)
-    for idx, (predictions, drawing) in enumerate(tqdm.tqdm(demo.run_on_video(video))):
+    show = _shows_window(args)
+    frames = demo.run_on_video(video, draw=bool(out) or show)
+    for idx, (predictions, drawing) in enumerate(tqdm.tqdm(frames)):
         if records is not None:
             records += instances_to_coco_json(
                 predictions, idx, demo.pred_mask_names, file_name=source, dataset_ids=dataset_ids
@@ -201,16 +271,15 @@ def run_video(demo, args, logger, records=None):
             if writer is None:  # panels make frames wider than the video: size from the first one
                 writer = _open_writer(out, fps, drawing.shape)
             writer.write(drawing[:, :, ::-1])
-        else:
-            cv2.namedWindow(source, cv2.WINDOW_NORMAL)
-            cv2.imshow(source, drawing[:, :, ::-1])
+        elif show:
+            cv2.imshow(WINDOW_NAME, drawing[:, :, ::-1])
             if cv2.waitKey(1) == 27:
                 break  # esc to quit
     video.release()
     if writer is not None:
         writer.release()
         logger.info(f"wrote {out}")
-    else:
+    if show:
         cv2.destroyAllWindows()
 
 
@@ -224,6 +293,10 @@ def main(argv=None):
         raise ValueError("give exactly one of --input, --video-input, --webcam")
     if args.labelme_output and not args.input:
         raise ValueError("--labelme-output writes one file per image: use it with --input")
+    if args.labelme_epsilon < 0:
+        raise ValueError(f"--labelme-epsilon must be >= 0 pixels, got {args.labelme_epsilon}")
+    if _shows_window(args):
+        _open_window()  # before the model is built: fail fast where no window can open
     cfg = setup_cfg(args)
     masks = [m.strip() for m in args.masks.split(",") if m.strip()]
     demo = VisualizationDemo(cfg, mask_names=masks or None, panels=args.panels, scale=args.scale)

@@ -81,29 +81,43 @@ class VisualizationDemo:
         )
         return vis.draw_instance_predictions(instances, mask_names=self.mask_names).get_image()
 
-    def run_on_image(self, image_bgr: np.ndarray) -> Tuple[Instances, np.ndarray]:
+    def predict(self, image_bgr: np.ndarray) -> Instances:
         """
         Args:
             image_bgr: shape (H, W, 3), uint8 BGR, as cv2 or detectron2's
                 ``read_image(format="BGR")`` give it.
 
         Returns:
-            the predictions (Instances on the CPU, `pred_multimasks` (N, K, H, W) bool) and the
-            drawing
-            (H', W', 3) RGB uint8.
+            the predictions: Instances on the CPU, `pred_multimasks` (N, K, H, W) bool.
         """
-        instances = self.predictor(image_bgr)["instances"].to("cpu")
+        return self.predictor(image_bgr)["instances"].to("cpu")
+
+    def run_on_image(self, image_bgr: np.ndarray) -> Tuple[Instances, np.ndarray]:
+        """
+        Args:
+            image_bgr: as for ``predict``.
+
+        Returns:
+            the predictions (as ``predict`` gives them) and the drawing (H', W', 3) RGB uint8.
+        """
+        instances = self.predict(image_bgr)
         return instances, self.draw(image_bgr[:, :, ::-1], instances)
 
-    def run_on_video(self, video: cv2.VideoCapture) -> Iterator[Tuple[Instances, np.ndarray]]:
+    def run_on_video(
+        self, video: cv2.VideoCapture, draw: bool = True
+    ) -> Iterator[Tuple[Instances, Optional[np.ndarray]]]:
         """
-        Yields, frame by frame, the predictions and the drawing (RGB uint8) of an opened video.
+        Yields, frame by frame, the predictions and the drawing (RGB uint8; None unless `draw`)
+        of an opened video.
         """
         while video.isOpened():
             ok, frame = video.read()
             if not ok:
                 break
-            yield self.run_on_image(frame)
+            if draw:
+                yield self.run_on_image(frame)
+            else:
+                yield self.predict(frame), None
 
 
 def _metadata_with_classes(name: str):
@@ -117,5 +131,7 @@ def _metadata_with_classes(name: str):
         try:
             DatasetCatalog.get(name)
         except (OSError, ValueError) as e:
-            logger.warning(f"class names of {name!r} unknown (its annotations: {e}); labels show ids")
+            logger.warning(
+                f"class names of {name!r} unknown (its annotations: {e}); labels show ids"
+            )
     return metadata

@@ -447,7 +447,7 @@ def test_mask_to_polygons_traces_pixel_borders():
         pts = rng.randint(0, [W, H], size=(6, 2))
         cv2.fillPoly(mask, [cv2.convexHull(pts)], 1)
         mask[rng.randint(0, H), rng.randint(0, W)] = 1  # a lone pixel: its own square polygon
-        polys = mask_to_polygons(mask)
+        polys = mask_to_polygons(mask, epsilon=0)  # every pixel corner
         flat = [np.asarray(p).ravel().tolist() for p in polys]
         np.testing.assert_array_equal(bits(flat), mask > 0)  # exact: no half-pixel shrinkage
         fewer = mask_to_polygons(mask, epsilon=1.0)
@@ -531,4 +531,5 @@ def test_round_trip_labelme_dicts_labelme_dicts(tmp_path):
         for n in MAPPING:
             ma, mb = bits(a["multimask"][n]), bits(b["multimask"][n])
             union = (ma | mb).sum()
-            assert union == 0 or (ma & mb).sum() / union >= 0.98, n
+            # the written outlines are simplified, each keeping IoU >= 0.97 with its pixels
+            assert union == 0 or (ma & mb).sum() / union >= 0.97, n

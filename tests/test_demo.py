@@ -8,14 +8,17 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
+from detectron2.structures import Instances
 
 from multimask import add_multimask_config
 from multimask.data import load_multimask_labelme_json
 from multimask.structures import segmentation_to_bitmask
+from multimask.utils import instances_to_labelme, mask_to_polygons
 
 from .common import REPO_ROOT, get_tiny_config, get_tiny_model
 
@@ -208,8 +211,8 @@ def test_demo_memory_stays_flat_over_a_long_video_without_json_output(
     )
     run_on_video = demo.VisualizationDemo.run_on_video
 
-    def traced(self, capture):
-        for predictions, drawing in run_on_video(self, capture):
+    def traced(self, capture, draw=True):
+        for predictions, drawing in run_on_video(self, capture, draw):
             detected.append(len(predictions))
             memory.append(tracemalloc.get_traced_memory()[0])
             yield predictions, drawing
@@ -261,41 +264,219 @@ def _fill_holes(mask):
     return (outside != 2)[1:-1, 1:-1]
 
 
-def test_demo_writes_labelme_files_that_load_back(tiny_run, tmp_path):
+def _no_window(monkeypatch, demo):
+    """Fail the test if the demo touches a window: writing files must never need a display."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the demo opened a window")
+
+    for name in ("namedWindow", "imshow", "waitKey"):
+        monkeypatch.setattr(demo.cv2, name, fail)
+
+
+def _iou(a, b):
+    union = (a | b).sum()
+    return 1.0 if union == 0 else (a & b).sum() / union
+
+
+def test_demo_writes_labelme_files_that_load_back(tiny_run, tmp_path, monkeypatch):
     yaml_path, weights = tiny_run
     paths = _write_images(tmp_path / "in", [(64, 64), (48, 64)])
-    out = tmp_path / "labels"
     demo = _load_script("demo", "demo.py")
-    base = ["--config-file", str(yaml_path), "--input", *paths, "--output", str(tmp_path / "vis")]
+    _no_window(monkeypatch, demo)
+    # as the README's pre-annotation command: --labelme-output, no --output
+    base = ["--config-file", str(yaml_path), "--input", *paths, "--masks", "amodal,visible"]
     opts = ["--opts", "MODEL.WEIGHTS", str(weights)]
-    demo.main(base + ["--masks", "amodal,visible", "--labelme-output", str(out)] + opts)
+    demo.main(base + ["--labelme-output", str(tmp_path / "labels")] + opts)
+    demo.main(base + ["--labelme-output", str(tmp_path / "exact"), "--labelme-epsilon", "0"] + opts)
     predictor = _predictor(yaml_path, weights)
     classes = predictor.metadata.get("thing_classes", None) or ["0", "1", "2"]
-    dicts = load_multimask_labelme_json(
-        str(out), mask_names=("amodal", "visible"), thing_classes=classes
-    )
-    assert [d["file_name"] for d in dicts] == paths  # imagePath relative to the JSON, resolved
-    for path, d in zip(paths, dicts):
-        with open(out / (os.path.basename(path)[:-4] + ".json")) as f:
-            assert json.load(f)["imagePath"] == "../in/" + os.path.basename(path)
+
+    def load(folder):
+        return load_multimask_labelme_json(
+            str(folder), mask_names=("amodal", "visible"), thing_classes=classes
+        )
+
+    simplified, exact = load(tmp_path / "labels"), load(tmp_path / "exact")
+    assert [d["file_name"] for d in simplified] == [d["file_name"] for d in exact] == paths
+    vertices = {"labels": 0, "exact": 0}
+    for path, d, e in zip(paths, simplified, exact):
+        for folder in vertices:
+            with open(tmp_path / folder / (os.path.basename(path)[:-4] + ".json")) as f:
+                content = json.load(f)
+            assert content["imagePath"] == "../in/" + os.path.basename(path)
+            vertices[folder] += sum(len(s["points"]) for s in content["shapes"])
         inst = predictor(cv2.imread(path))["instances"]
         # every object with a non-empty mask comes back with its class and its pixels (holes
-        # filled: a LabelMe polygon has none)
+        # filled: a LabelMe polygon has none): exactly at epsilon 0, IoU >= 0.97 simplified
         kept = [i for i in range(len(inst)) if inst.pred_multimasks[i, :2].any()]
-        assert len(d["annotations"]) == len(kept) > 0
-        for i, a in zip(kept, d["annotations"]):
-            assert a["category_id"] == inst.pred_classes[i]
+        assert len(d["annotations"]) == len(e["annotations"]) == len(kept) > 0
+        for i, a, b in zip(kept, d["annotations"], e["annotations"]):
+            assert a["category_id"] == b["category_id"] == inst.pred_classes[i]
             for k, name in enumerate(("amodal", "visible")):
-                pred = inst.pred_multimasks[i, k].numpy()
-                segm = a["multimask"][name]
-                got = (
-                    np.zeros_like(pred)
-                    if segm is None
-                    else segmentation_to_bitmask(segm, *pred.shape)
-                )
-                np.testing.assert_array_equal(got, _fill_holes(pred))
+                pred = _fill_holes(inst.pred_multimasks[i, k].numpy())
+                got = [
+                    np.zeros_like(pred) if x is None else segmentation_to_bitmask(x, *pred.shape)
+                    for x in (a["multimask"][name], b["multimask"][name])
+                ]
+                np.testing.assert_array_equal(got[1], pred)
+                assert _iou(got[0], pred) >= 0.97
+    assert vertices["labels"] < vertices["exact"], vertices  # (random weights: ragged masks)
     with pytest.raises(ValueError, match="--labelme-output .* use it with --input"):
-        demo.main(["--config-file", str(yaml_path), "--webcam", "--labelme-output", str(out)])
+        demo.main(["--config-file", str(yaml_path), "--webcam", "--labelme-output", str(tmp_path)])
+
+
+def _labelme_6_reads(path):
+    """
+    The checks LabelMe 6.3.1 makes when it opens a file (labelme/_label_file.py
+    ``read_label_file`` and ``_load_shape_json_obj``), written from them; returns the content.
+    """
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    image = os.path.join(os.path.dirname(path), raw["imagePath"])  # imageData None: read the file
+    width, height = Image.open(image).size  # _check_image_dimensions, on what PIL reads
+    assert (raw["imageHeight"], raw["imageWidth"]) == (height, width)
+    for shape in raw["shapes"]:
+        assert isinstance(shape["label"], str) and isinstance(shape["shape_type"], str)
+        points = shape["points"]
+        assert isinstance(points, list) and points
+        assert all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)
+            for p in points
+        )
+        assert isinstance(shape["flags"], dict) and all(
+            isinstance(k, str) and isinstance(v, bool) for k, v in shape["flags"].items()
+        )
+        assert isinstance(shape["description"], str)
+        assert shape["group_id"] is None or type(shape["group_id"]) is int
+        assert shape["mask"] is None or isinstance(shape["mask"], str)
+        # labelme.utils.shape_to_mask asserts this for a polygon
+        assert shape["shape_type"] != "polygon" or len(points) > 2
+    return raw
+
+
+def test_labelme_files_are_what_labelme_6_writes(tiny_run, tmp_path):
+    yaml_path, weights = tiny_run
+    (path,) = _write_images(tmp_path / "in", [(48, 64)])
+    demo = _load_script("demo", "demo.py")
+    out = tmp_path / "labels"
+    base = ["--config-file", str(yaml_path), "--input", path, "--labelme-output", str(out)]
+    demo.main(base + ["--masks", "amodal,visible", "--opts", "MODEL.WEIGHTS", str(weights)])
+    raw = _labelme_6_reads(str(out / "img0.json"))
+    # labelme/_label_file.py write_label_file: the payload's keys, in its order
+    keys = ["version", "flags", "shapes", "imagePath", "imageData", "imageHeight", "imageWidth"]
+    assert list(raw) == keys
+    assert raw["version"] == "6.3.1" and raw["flags"] == {} and raw["imageData"] is None
+    assert raw["shapes"]
+    for shape in raw["shapes"]:
+        # labelme/app.py _shape_to_dict: these keys, in this order
+        keys = ["label", "points", "group_id", "description", "shape_type", "flags", "mask"]
+        assert list(shape) == keys
+        assert shape["shape_type"] == "polygon" and shape["group_id"] >= 1
+        assert shape["description"].startswith("score ")
+    # json.dump(payload, f, ensure_ascii=False, indent=2) into a UTF-8 file
+    inst = Instances((48, 64))
+    inst.pred_multimasks = torch.zeros(1, 1, 48, 64, dtype=torch.bool)
+    inst.pred_multimasks[0, 0, 10:30, 5:25] = True
+    inst.pred_classes = torch.tensor([0])
+    instances_to_labelme(inst, path, str(tmp_path / "cafe.json"), ["café"], ["amodal"])
+    text = (tmp_path / "cafe.json").read_bytes().decode("utf-8")
+    assert '"label": "café_amodal"' in text and '\n  "flags": {},\n' in text
+    assert _labelme_6_reads(str(tmp_path / "cafe.json"))["shapes"][0]["group_id"] == 1
+
+
+def _labelme_rule(points, height, width):
+    """LabelMe's own rasterisation of a polygon (labelme/utils/shape.py ``shape_to_mask``):
+    PIL's ImageDraw.polygon(xy, outline=1, fill=1), pixel (x, y) at integer coordinates."""
+    drawn = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(drawn).polygon([tuple(p) for p in points], outline=1, fill=1)
+    return np.array(drawn, dtype=bool)
+
+
+def _objects(size=96):
+    """~40 px objects (as the issue counted ~130 vertices on them) and small ones."""
+    c = size // 2
+    disc, ellipse, small, plus, pixel = (np.zeros((size, size), np.uint8) for _ in range(5))
+    cv2.circle(disc, (c, c), 20, 1, -1)  # 41 px across
+    cv2.ellipse(ellipse, (c, c), (20, 12), 30, 0, 360, 1, -1)
+    cv2.circle(small, (c, c), 6, 1, -1)
+    cv2.circle(plus, (c, c), 1, 1, -1)  # 5 pixels
+    pixel[c, c] = 1
+    return {"disc40": disc, "ellipse40": ellipse, "disc12": small, "plus": plus, "pixel": pixel}
+
+
+def test_labelme_outlines_are_simplified_and_keep_their_pixels(tmp_path):
+    size = 96
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((size, size, 3), np.uint8))
+    objects = _objects(size)
+    inst = Instances((size, size))
+    inst.pred_multimasks = torch.as_tensor(np.stack(list(objects.values()))[:, None] > 0)
+    inst.pred_classes = torch.zeros(len(objects), dtype=torch.long)
+    files = {}
+    for epsilon in (0.0, 1.0):
+        folder = tmp_path / f"eps{epsilon}"
+        json_path = str(folder / "a.json")
+        files[epsilon] = instances_to_labelme(
+            inst, str(tmp_path / "a.png"), json_path, ["obj"], ["amodal"], epsilon=epsilon
+        )
+    # read back with the project's LabelMe loader
+    (loaded,) = load_multimask_labelme_json(str(tmp_path / "eps1.0"), mask_names=("amodal",))
+    assert len(loaded["annotations"]) == len(objects)
+    for i, (name, mask) in enumerate(objects.items()):
+        mask = mask > 0
+        (simple,), (exact,) = (
+            [s["points"] for s in files[e]["shapes"] if s["group_id"] == i + 1] for e in (1.0, 0.0)
+        )
+        back = segmentation_to_bitmask(loaded["annotations"][i]["multimask"]["amodal"], size, size)
+        assert _iou(back, mask) >= 0.97, name
+        # LabelMe's own rule reads every polygon half a pixel out (it puts pixel centres at
+        # integer coordinates, the app and the loader at +0.5): simplifying costs nothing more
+        by_labelme = [_labelme_rule(p, size, size) for p in (simple, exact)]
+        assert _iou(by_labelme[0], mask) >= _iou(by_labelme[1], mask) - 0.01, name
+        if name.endswith("40"):
+            # every half-pixel step of the border: over 100 vertices; simplified: editable
+            assert len(exact) > 100 and len(simple) <= 30, (name, len(exact), len(simple))
+    # a lone pixel keeps its square, which any simplification would lose
+    (square,) = mask_to_polygons(objects["pixel"])
+    assert sorted(map(tuple, square)) == [(48.0, 48.0), (48.0, 49.0), (49.0, 48.0), (49.0, 49.0)]
+
+
+def test_demo_without_an_output_file_needs_a_window(tiny_run, tmp_path, monkeypatch):
+    yaml_path, weights = tiny_run
+    (path,) = _write_images(tmp_path, [(64, 64)])
+    demo = _load_script("demo", "demo.py")
+    monkeypatch.setattr(demo, "VisualizationDemo", None)  # fails before any model is built
+    args = ["--config-file", str(yaml_path), "--input", path]
+    args += ["--opts", "MODEL.WEIGHTS", str(weights)]
+    with pytest.raises(RuntimeError, match="built without a GUI .*give --output"):
+        demo.main(args)  # this venv's opencv-python-headless
+    monkeypatch.setattr(demo.cv2, "getBuildInformation", lambda: "  GUI:      GTK3\n")
+    monkeypatch.setattr(demo.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(RuntimeError, match="no display .*give --output"):
+        demo.main(args)
+    monkeypatch.setenv("DISPLAY", ":0")
+
+    def no_gui(*a):
+        raise demo.cv2.error("The function is not implemented")
+
+    monkeypatch.setattr(demo.cv2, "namedWindow", no_gui)
+    with pytest.raises(RuntimeError, match="cannot open a window .*not implemented"):
+        demo.main(args)
+    with pytest.raises(RuntimeError, match="built without a GUI|no display|cannot open a window"):
+        demo.main(["--config-file", str(yaml_path), "--webcam", "--json-output", "r.json"])
+
+
+def test_demo_refuses_two_images_of_one_labelme_name(tiny_run, tmp_path):
+    yaml_path, weights = tiny_run
+    first = _write_images(tmp_path / "a", [(64, 64)])
+    second = _write_images(tmp_path / "b", [(64, 64)])
+    demo = _load_script("demo", "demo.py")
+    args = ["--config-file", str(yaml_path), "--input", *first, *second, "--labelme-output"]
+    with pytest.raises(ValueError, match=r"img0.png and .*img0.png would both be written to"):
+        demo.main(args + [str(tmp_path / "labels"), "--opts", "MODEL.WEIGHTS", str(weights)])
+    assert not (tmp_path / "labels").exists()
 
 
 def test_demo_metadata_loads_class_names_known_only_from_the_annotations(tmp_path):
@@ -315,4 +496,6 @@ def test_demo_metadata_loads_class_names_known_only_from_the_annotations(tmp_pat
 
     missing = name + "_missing"
     DatasetCatalog.register(missing, lambda: json.load(open(tmp_path / "absent.json")))
-    assert predictor._metadata_with_classes(missing).get("thing_classes") is None  # logged, no crash
+    assert (
+        predictor._metadata_with_classes(missing).get("thing_classes") is None
+    )  # logged, no crash

@@ -110,6 +110,27 @@ def test_scripting_a_head_with_flow_and_fc_fusion():
         _assert_same(eager, scripted(image))
 
 
+@pytest.mark.parametrize("method", ["scripting", "tracing"])
+def test_exported_model_on_an_image_with_no_detection(method):
+    cfg = _config()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 1.0  # detectron2 keeps scores > it: none
+    model = get_tiny_model(cfg).eval()
+    image = _images()[1]
+    with torch.no_grad():
+        if method == "scripting":
+            exported = export_scripting(model)
+        else:
+            exported = export_tracing(model, image)
+        eager = ExportableMultiMaskRCNN(model)(image)
+        out = exported(image)
+    assert eager["pred_multimasks"].shape == (0, 3, 28, 28)
+    assert eager["pred_masks"].shape == (0, 1, 28, 28)
+    _assert_same(eager, out)
+    pasted = outputs_to_instances(out, image.shape[1:], (96, 120), primary_index=1)
+    assert pasted.pred_multimasks.shape == (0, 3, 96, 120)
+    assert pasted.pred_masks.shape == (0, 96, 120)
+
+
 def test_eager_model_is_unchanged_by_scripting(model):
     image = _images()[1]
     with torch.no_grad():

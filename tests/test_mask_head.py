@@ -336,3 +336,72 @@ def test_hidden_weights_from_config_reach_the_loss():
         plain = head(_features(1), [_hidden_loss_case()])
     assert weighted["loss_mask_amodal"] > plain["loss_mask_amodal"]
     torch.testing.assert_close(weighted["loss_mask_visible"], plain["loss_mask_visible"])
+
+
+def _no_layers(head):
+    """Make any call of the head's layers() (or its class-selective twin) fail the test."""
+
+    def fail(*args):
+        raise AssertionError("layers() called without ROIs")
+
+    head.layers = fail
+    head._class_logits = fail
+    return head
+
+
+def _maskiou_head():
+    cfg = get_tiny_config(NAMES)
+    h = cfg.MODEL.ROI_MULTI_MASK_HEAD
+    h.MASKIOU_ON, h.RELATIONS = True, [["containment", "visible", "amodal", 0.5]]
+    torch.manual_seed(0)
+    return build_multi_mask_head(cfg, ShapeSpec(channels=8, height=7, width=7))
+
+
+@pytest.mark.parametrize("build", [_head, _maskiou_head])
+def test_zero_rois_in_training_give_every_parameter_a_gradient(build):
+    head = build()
+    with EventStorage():
+        keys = set(head(_features(), [_proposals()]))
+        empty = Instances((32, 32))
+        empty.proposal_boxes = Boxes(torch.zeros(0, 4))
+        empty.gt_classes = torch.zeros(0, dtype=torch.long)
+        losses = _no_layers(head)(torch.zeros(0, 8, 7, 7), [empty, empty])
+    assert set(losses) == keys  # DDP and the metrics see the same keys every step
+    assert all(v.dim() == 0 and v.item() == 0 for v in losses.values())
+    head.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    # DDP waits for a gradient of every parameter in every step, zero-ROI steps included
+    missing = [n for n, p in head.named_parameters() if p.grad is None]
+    assert missing == [] and all(p.grad.abs().sum() == 0 for p in head.parameters())
+
+
+@pytest.mark.parametrize("resolution", [7, 5])
+def test_zero_rois_at_inference_have_the_shape_of_real_ones(resolution):
+    cfg = get_tiny_config(NAMES)
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.POOLER_RESOLUTION = resolution
+    cfg.MODEL.ROI_MULTI_MASK_HEAD.SHARED_CONVS = 1  # the class-selective path of the conv head
+    head = build_multi_mask_head(cfg, ShapeSpec(channels=8, height=resolution, width=resolution))
+    head.eval()
+    det = Instances((32, 32))
+    det.pred_boxes = Boxes(torch.tensor([[0.0, 0, 10, 10]] * 2))
+    det.pred_classes = torch.tensor([0, 2])
+    none = Instances((32, 32))
+    none.pred_boxes = Boxes(torch.zeros(0, 4))
+    none.pred_classes = torch.zeros(0, dtype=torch.long)
+    x = torch.randn(2, 8, resolution, resolution)
+    with torch.no_grad():
+        real = head(x, [det])[0].pred_multimasks
+        out = _no_layers(head)(x[:0], [none])[0]
+    m = real.shape[-1]
+    assert m == 2 * resolution  # the config's rule: masks twice POOLER_RESOLUTION
+    assert out.pred_multimasks.shape == (0, 2, m, m) and out.pred_masks.shape == (0, 1, m, m)
+    # (scripted: tests/test_export.py, test_readme_head.py)
+
+
+def test_layers_of_another_mask_size_is_a_clear_error():
+    head = _head()
+    head.class_selective = False  # as for a head that defines its own layers()
+    head.layers = lambda x: torch.zeros(len(x), 2, 3, 28, 28)  # 4x upsampling, mask_size not given
+    message = r"layers\(\) returned .* \(4, 2, 3, 28, 28\)"
+    with EventStorage(), pytest.raises(ValueError, match=message):
+        head(_features(), [_proposals()])

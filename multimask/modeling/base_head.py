@@ -75,6 +75,9 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
     logits. Its ``from_config`` calls ``super().from_config`` and adds its own keys. Everything
     else (losses, inference, MaskIoU, constraints) is done here from those logits.
 
+    ``layers()`` is never called without ROIs: a batch with none gets (0, K, C, M, M) logits here
+    (M = ``self.mask_size``), in training joined to every parameter with a zero weight.
+
     A subclass may also set ``self.class_selective = True`` and implement ``_class_logits`` to compute
     only each ROI's class (see ``MultiMaskRCNNConvUpsampleHead``).
     """
@@ -110,6 +113,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
         maskiou_masks: Sequence[str] = (),
         maskiou_dim: int = 256,
         hidden_weights: Sequence = (),
+        mask_size: Optional[int] = None,
         **kwargs,
     ):
         """
@@ -127,6 +131,9 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
             maskiou_dim: channels of its convs (its fc layers have 4x as many).
             hidden_weights: entries [whole, visible, weight]: in whole's loss, its pixels outside
                 visible (the hidden part) weigh `weight`.
+            mask_size: M, the side of the masks ``layers()`` predicts; None = twice the pooled
+                side (``input_shape.height``, i.e. POOLER_RESOLUTION: 14 -> 28), as a 2x deconv
+                gives. A head that upsamples otherwise passes its own.
             kwargs: ``vis_period`` (and ``loss_weight``) of BaseMaskRCNNHead.
         """
         super().__init__(**kwargs)
@@ -141,6 +148,7 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
         self.constraints = parse_constraints(constraints, self.mask_names)
         self.hidden_weights = parse_hidden_weights(hidden_weights, self.mask_names)
         self.class_selective = False
+        self.mask_size = int(mask_size) if mask_size is not None else 2 * input_shape.height
         self.maskiou_weight = maskiou_weight
         self.maskiou_indices: List[int] = []
         if maskiou_on:
@@ -207,10 +215,17 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
             Inference: `instances` with `pred_multimasks` (N, K, M, M) and `pred_masks` (N, 1, M, M) set
             (and `scores` multiplied by the predicted mask IoU when MaskIoU is on).
         """
-        if self.class_selective and not torch.jit.is_scripting():
+        if not torch.jit.is_tracing() and x.shape[0] == 0:
+            # No ROI in the whole batch: answered here, so that no head's layers() must handle it.
+            # Not while tracing, which would freeze the branch of the sample into the graph.
+            logits = self._zero_roi_logits(x)
+        elif self.class_selective and not torch.jit.is_scripting():
             logits = self._class_logits(x, instances)  # (R, K, 1, M, M): C = 1 reads as agnostic
+            self._check_logits(logits, x, 1)
         else:
             logits = self.layers(x)
+            if not torch.jit.is_scripting():
+                self._check_logits(logits, x, self.num_mask_channels)
         if self.training:
             return self._losses(x, logits, instances)
         selected = multi_mask_rcnn_inference(logits, instances, self.primary_index, self.constraints)
@@ -220,6 +235,35 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
             for inst, factor in zip(instances, iou.split([len(i) for i in instances])):
                 inst.scores = inst.scores * factor
         return instances
+
+    def _zero_roi_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(0, K, C, M, M) logits for a batch without ROIs; in training, joined to every trainable
+        parameter with weight 0, so that each gets a (zero) gradient, as DDP needs of every step."""
+        shape = (0, len(self.mask_names), self.num_mask_channels, self.mask_size, self.mask_size)
+        logits = x.new_zeros(shape)
+        if self.training and not torch.jit.is_scripting():
+            logits = logits + self._zero_from_parameters(x)
+        return logits
+
+    @torch.jit.unused
+    def _zero_from_parameters(self, x: torch.Tensor) -> torch.Tensor:
+        zero = x.sum() * 0
+        for p in self.parameters():
+            if p.requires_grad:
+                zero = zero + p.sum() * 0
+        return zero
+
+    @torch.jit.unused
+    def _check_logits(self, logits: torch.Tensor, x: torch.Tensor, channels: int) -> None:
+        expected = (x.shape[0], len(self.mask_names), channels, self.mask_size, self.mask_size)
+        if tuple(logits.shape) != expected:
+            raise ValueError(
+                f"{type(self).__name__}.layers() returned mask logits of shape "
+                f"{tuple(logits.shape)} for {x.shape[0]} ROIs, expected (R, K, C, M, M) = "
+                f"{expected} (K = len(mask_names), C = num_mask_channels, M = mask_size; a head "
+                f"whose masks are not twice the pooled side passes mask_size= to "
+                f"BaseMultiMaskHead.__init__)"
+            )
 
     @torch.jit.unused  # scripting with MaskIoU on is not supported (tracing is)
     def _predict_iou(self, x: torch.Tensor, selected: torch.Tensor, classes: torch.Tensor):
@@ -276,10 +320,11 @@ class BaseMultiMaskHead(BaseMaskRCNNHead):
         another number of classes) are skipped with a warning, as detectron2 does.
         """
         own = self.state_dict()
+        # a key this head has itself (a head of its own whose layer is named `predictor`) is its own
         single = [
             k for k in state_dict
-            if k.startswith(prefix) and k[len(prefix):].split(".")[0].rstrip("0123456789")
-            in self.single_mask_layers
+            if k.startswith(prefix) and k[len(prefix):] not in own
+            and k[len(prefix):].split(".")[0].rstrip("0123456789") in self.single_mask_layers
         ]
         if not single:
             return

@@ -4,9 +4,17 @@ LabelMe, and :func:`multimask.data.register_multimask_labelme_instances` reads t
 
 Each object becomes one ``polygon`` shape per mask name and outline, labelled
 ``<class><separator><mask name>``; all shapes of one object share its ``group_id`` (the instance
-index + 1: 0 reads as "no group" to many LabelMe scripts). Polygons trace the pixel borders of the
-predicted mask, so they rasterise back to the same pixels; holes are filled (a LabelMe polygon has
-none) and ``epsilon`` simplifies the outlines for easier editing.
+index + 1: 0 reads as "no group" to many LabelMe scripts). The outlines follow the pixel borders
+of the predicted mask (a polygon rasterised as COCO and the project's loader do gives the pixels
+back), simplified so that a person can edit them: Douglas-Peucker (``cv2.approxPolyDP``) within
+``epsilon`` pixels, less where needed to keep each outline's IoU with its pixels at ``min_iou``.
+Holes are filled (a LabelMe polygon has none).
+
+The file is what LabelMe 6 writes (``labelme/_label_file.py`` ``write_label_file`` and
+``labelme/app.py`` ``_shape_to_dict``, v6.3.1): the keys ``version``, ``flags``, ``shapes``,
+``imagePath``, ``imageData``, ``imageHeight``, ``imageWidth`` in that order; per shape ``label``,
+``points``, ``group_id``, ``description``, ``shape_type``, ``flags``, ``mask``; UTF-8 with labels
+unescaped, indented by 2.
 """
 
 import json
@@ -19,21 +27,46 @@ import torch
 
 from detectron2.structures import Instances
 
-__all__ = ["LABELME_VERSION", "instances_to_labelme", "mask_to_polygons"]
+from ..structures import segmentation_to_bitmask
 
-# The LabelMe file format version written (5.x reads it; 4.x ignores the newer shape keys).
-LABELME_VERSION = "5.4.1"
+__all__ = [
+    "DEFAULT_EPSILON",
+    "DEFAULT_MIN_IOU",
+    "LABELME_VERSION",
+    "instances_to_labelme",
+    "mask_to_polygons",
+]
+
+# The LabelMe version whose file format is written. Older LabelMe reads it too: 4.x to 5.2 only log
+# a warning for another major version, 5.3 and later do not compare versions.
+LABELME_VERSION = "6.3.1"
+# Default outline simplification in pixels, and the IoU each simplified outline keeps.
+DEFAULT_EPSILON = 1.0
+DEFAULT_MIN_IOU = 0.97
+# Fractions of epsilon tried, largest first, until an outline keeps min_iou (then exact).
+_EPSILON_STEPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 
-def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.0) -> List[List[List[float]]]:
+def _outline_bits(points: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+    """The pixels of one outline (V, 2) on the (height, width) crop whose corner is (x0, y0)."""
+    flat = (points - (x0, y0)).ravel().tolist()
+    return segmentation_to_bitmask([flat], height, width)
+
+
+def mask_to_polygons(
+    mask: np.ndarray, epsilon: float = DEFAULT_EPSILON, min_iou: float = DEFAULT_MIN_IOU
+) -> List[List[List[float]]]:
     """
-    The outer outlines of a mask, along its pixels' borders.
+    The outer outlines of a mask, along its pixels' borders, simplified.
 
     Args:
         mask: array of shape (H, W), bool or 0/1.
         epsilon: largest distance, in pixels, a simplified outline may move from the pixel border
-            (``cv2.approxPolyDP``); 0 keeps every corner, so that the polygons rasterise (with
-            pycocotools) to exactly the mask without its holes.
+            (``cv2.approxPolyDP``); 0 keeps every corner, so that the polygons rasterise (as
+            pycocotools and the project's LabelMe loader do) to exactly the mask without its holes.
+        min_iou: each simplified outline, rasterised, keeps at least this IoU with the pixels of
+            its exact outline: a smaller epsilon is used where needed (small objects), down to
+            none.
 
     Returns:
         list of polygons, each a list of [x, y] image coordinates with at least 3 points.
@@ -52,12 +85,31 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.0) -> List[List[List[f
     contours, _ = cv2.findContours(grid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polygons = []
     for contour in contours:
-        if epsilon > 0:
-            contour = cv2.approxPolyDP(contour, 2 * epsilon, True)
-        points = contour.reshape(-1, 2) / 2.0 + (x0, y0)
-        if len(points) >= 3:
-            polygons.append(points.tolist())
+        exact = contour.reshape(-1, 2) / 2.0 + (x0, y0)
+        if len(exact) < 3:
+            continue
+        polygons.append(_simplified(contour, exact, (x0, y0), epsilon, min_iou).tolist())
     return polygons
+
+
+def _simplified(contour, exact, offset, epsilon: float, min_iou: float) -> np.ndarray:
+    """The outline `exact` (V, 2) simplified by the largest step of epsilon that keeps min_iou."""
+    if epsilon <= 0:
+        return exact
+    bx, by = np.floor(exact.min(axis=0)).astype(int)
+    bw, bh = np.ceil(exact.max(axis=0)).astype(int) - (bx, by)
+    reference = _outline_bits(exact, bx, by, bh, bw)
+    area = reference.sum()
+    for step in _EPSILON_STEPS:
+        # the contour is on the half-pixel grid: epsilon pixels are 2 * epsilon of its units
+        points = cv2.approxPolyDP(contour, 2 * epsilon * step, True).reshape(-1, 2) / 2.0 + offset
+        if len(points) < 3:
+            continue
+        bits = _outline_bits(points, bx, by, bh, bw)
+        inter = np.count_nonzero(bits & reference)
+        if inter / (area + bits.sum() - inter) >= min_iou:
+            return points
+    return exact
 
 
 def instances_to_labelme(
@@ -69,7 +121,8 @@ def instances_to_labelme(
     *,
     pred_mask_names: Optional[Sequence[str]] = None,
     separator: str = "_",
-    epsilon: float = 0.0,
+    epsilon: float = DEFAULT_EPSILON,
+    min_iou: float = DEFAULT_MIN_IOU,
     mask_threshold: float = 0.5,
 ) -> Dict[str, Any]:
     """
@@ -86,7 +139,9 @@ def instances_to_labelme(
             "occluded" is best left out, since the loader computes it.
         pred_mask_names: the names of the K masks of ``pred_multimasks``; None = `mask_names`.
         separator: between class and mask name in a label.
-        epsilon: outline simplification in pixels (see :func:`mask_to_polygons`).
+        epsilon: outline simplification in pixels; 0 = every pixel corner (see
+            :func:`mask_to_polygons`).
+        min_iou: the IoU each simplified outline keeps with its pixels.
         mask_threshold: probability above which a pixel is in the mask (float masks only).
 
     Returns:
@@ -110,7 +165,8 @@ def instances_to_labelme(
     for i, (c, score) in enumerate(zip(classes, scores)):
         cls = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
         for name in mask_names:
-            for points in mask_to_polygons(masks[i, pred_mask_names.index(name)], epsilon):
+            mask = masks[i, pred_mask_names.index(name)]
+            for points in mask_to_polygons(mask, epsilon, min_iou):
                 shapes.append(
                     {
                         "label": f"{cls}{separator}{name}",
@@ -134,6 +190,7 @@ def instances_to_labelme(
     }
     if json_path is not None:
         os.makedirs(folder, exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(content, f, indent=2)
+        # as LabelMe writes its files: UTF-8, labels such as "café" unescaped
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(content, f, ensure_ascii=False, indent=2)
     return content
