@@ -9,8 +9,10 @@ setup(
     python_requires=">=3.8",
     # detectron2 has no PyPI release: install it first (tools/setup_env.sh does, see README.md).
     install_requires=[
-        "torch>=1.10",
-        "torchvision",
+        # the tested range: the whole suite passes on torch 2.11.0 / torchvision 0.26.0 (Python 3.12)
+        # and on 2.14.1 / 0.29.1 (Python 3.11, what CI runs); see README "Install"
+        "torch>=2.11,<2.15",
+        "torchvision>=0.26,<0.30",
         "fvcore",
         "iopath",
         "yacs",
