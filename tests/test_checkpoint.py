@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detectron2.engine import launch
+from multimask.engine.launch import launch
 from detectron2.utils import comm
 
 from multimask.engine import AtomicDetectionCheckpointer
@@ -52,7 +52,7 @@ def test_distributed_file_on_the_main_worker_only(saved, tmp_path, main_has_file
     model, path = saved
     missing, out = str(tmp_path / "missing.pth"), str(tmp_path / "result")
     files = (path, missing) if main_has_file else (missing, path)
-    launch(_load_on_two_workers, 2, dist_url="auto", args=(*files, out))
+    launch(_load_on_two_workers, 2, dist_url="auto", args=(*files, out), device="cpu")
     results = [torch.load(f"{out}.{rank}", weights_only=False) for rank in (0, 1)]
     if main_has_file:
         for result in results:

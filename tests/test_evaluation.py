@@ -306,13 +306,15 @@ def _distributed_worker(out_file):
 
 
 def test_distributed_gathers_to_main_process(tmp_path):
-    from detectron2.engine import launch
+    from multimask.engine.launch import launch
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out_file = str(tmp_path / "results.json")
-    launch(_distributed_worker, 2, dist_url=f"tcp://127.0.0.1:{port}", args=(out_file,))
+    launch(
+        _distributed_worker, 2, dist_url=f"tcp://127.0.0.1:{port}", args=(out_file,), device="cpu"
+    )
     with open(out_file) as f:
         gathered = json.load(f)
     single = evaluate(*predictions(OBJECTS, shift={0: 7}))

@@ -210,7 +210,12 @@ def _run_in_group(
         comm.create_local_process_group(local_world_size)
         # a barrier before the first collective, as detectron2's launch (maskrcnn-benchmark #172)
         comm.synchronize()
-        return main_func(*args)
+        result = main_func(*args)
+        # every worker is done before any tears down: rank 0 holds the rendezvous store, and a
+        # gloo group whose peer has gone may abort its process at exit ("terminate called
+        # without an active exception"). Not after an exception: a barrier would then hang.
+        comm.synchronize()
+        return result
     finally:
         dist.destroy_process_group()
         comm._LOCAL_PROCESS_GROUP = None  # its group is gone; a later launch creates a new one
