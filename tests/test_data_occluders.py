@@ -58,6 +58,33 @@ def test_occluders_without_order_take_every_overlapping_object(tmp_path):
     assert not c.any()
 
 
+def test_many_occluders_are_one_nary_union(tmp_path, monkeypatch):
+    """Five objects in front of one: its occluder is one n-ary merge (not a chain of 4)."""
+    import pycocotools.mask as mask_util
+
+    fronts = [(2 + 9 * k, 2, 9 + 9 * k, 12) for k in range(5)]  # five boxes across the back one
+    anns = [ann(1, segmentation=_box_polygon(0, 0, 50, 30), visible=_box_polygon(0, 20, 50, 30),
+                bbox=[0, 0, 50, 30], order=9)]  # fmt: skip
+    for k, (x0, y0, x1, y1) in enumerate(fronts):
+        box = _box_polygon(x0, y0, x1, y1)
+        anns.append(ann(2 + k, segmentation=box, visible=box, bbox=[x0, y0, x1 - x0, y1 - y0],
+                        order=1))  # fmt: skip
+    (d,) = load_multimask_coco_json(*write_dataset(tmp_path, anns), FIELDS, depth_key="order")
+    occluder = d["annotations"][0]["multimask"]["occluder"]
+    assert occluder["op"] == "&" and occluder["operands"][0]["op"] == "|"
+    assert len(occluder["operands"][0]["operands"]) == 5
+    merges = []
+    merge = mask_util.merge
+    monkeypatch.setattr(mask_util, "merge", lambda rles, **kw: merges.append(len(rles)) or merge(
+        rles, **kw))  # fmt: skip
+    expected = np.zeros((H, W), dtype=bool)
+    for x0, y0, x1, y1 in fronts:
+        expected |= _box_mask(x0, y0, x1, y1)
+    np.testing.assert_array_equal(bits(occluder), expected & _box_mask(0, 0, 50, 30))
+    # the union is one merge of 5 (a chain would be 4 merges of 2), then the '&' with the box
+    assert merges.count(5) == 1 and merges.count(2) == 1
+
+
 def test_occluder_masks_train_through_the_mapper(tmp_path):
     json_file, image_root = _three_objects(tmp_path)
     (d,) = load_multimask_coco_json(json_file, image_root, FIELDS, depth_key="order")

@@ -102,9 +102,9 @@ def shift_polygon_coords(coords: np.ndarray, offset: np.ndarray) -> np.ndarray:
 DERIVED_OPS = ("-", "&", "|")
 
 
-def derived_mask(op: str, a: Any, b: Any) -> Dict[str, Any]:
+def derived_mask(op: str, a: Any, b: Any, *more: Any) -> Dict[str, Any]:
     """
-    A mask defined by a set operation on two masks, kept as its operands (not rasterised).
+    A mask defined by a set operation on masks, kept as its operands (not rasterised).
 
     Dataset dicts hold derived masks in this form, e.g. ``occluded = amodal - visible``: the
     operands are the annotation's own polygons / RLE dicts (shared, not copied), and the pixels are
@@ -112,15 +112,18 @@ def derived_mask(op: str, a: Any, b: Any) -> Dict[str, Any]:
     by the mapper, on the original image, then transformed as an RLE mask).
 
     Args:
-        op: "-" (a and not b), "&" (a and b) or "|" (a or b).
-        a, b: polygons, RLE dicts, or derived masks.
+        op: "-" (a and not b), "&" (a and b and ...) or "|" (a or b or ...).
+        a, b, more: polygons, RLE dicts, or derived masks; "&" and "|" take any number >= 2 (one
+            n-ary pycocotools merge, not a chain of binary ones), "-" exactly two.
 
     Returns:
-        dict ``{"op": op, "operands": [a, b]}``.
+        dict ``{"op": op, "operands": [a, b, *more]}``.
     """
     if op not in DERIVED_OPS:
         raise ValueError(f"a derived mask's op must be one of {DERIVED_OPS}, got {op!r}")
-    return {"op": op, "operands": [a, b]}
+    if op == "-" and more:
+        raise ValueError(f"a derived mask 'A - B' takes two operands, got {2 + len(more)}")
+    return {"op": op, "operands": [a, b, *more]}
 
 
 def is_derived(segm: Any) -> bool:
@@ -217,14 +220,17 @@ def _encode_one(segm: Any, height: int, width: int, memo: Dict[int, Any]) -> Dic
             return mask_util.encode(np.zeros((height, width, 1), dtype=np.uint8, order="F"))[0]
         return mask_util.merge(mask_util.frPyObjects(polys, height, width))
     if is_derived(segm):
-        op, (a, b) = segm["op"], segm["operands"]
-        ra, rb = _encode(a, height, width, memo), _encode(b, height, width, memo)
-        if op in ("&", "|"):
-            return mask_util.merge([ra, rb], intersect=op == "&")
-        if op != "-":
-            raise ValueError(f"a derived mask's op must be one of {DERIVED_OPS}, got {op!r}")
-        # pycocotools has no difference: a - b = a & ~b, with ~b inverted in run-length form
-        return mask_util.merge([ra, _invert_rle(rb)], intersect=True)
+        op, operands = segm["op"], segm["operands"]
+        if op not in DERIVED_OPS or len(operands) < 2 or (op == "-" and len(operands) != 2):
+            raise ValueError(
+                f"a derived mask is 'A - B', 'A & B & ...' or 'A | B | ...', got op {op!r} with "
+                f"{len(operands)} operands"
+            )
+        rles = [_encode(x, height, width, memo) for x in operands]
+        if op == "-":
+            # pycocotools has no difference: a - b = a & ~b, with ~b inverted in run-length form
+            return mask_util.merge([rles[0], _invert_rle(rles[1])], intersect=True)
+        return mask_util.merge(rles, intersect=op == "&")  # one n-ary merge
     if isinstance(segm, dict):
         if "counts" not in segm or "size" not in segm:
             raise ValueError(f"RLE dict needs 'counts' and 'size', got keys {sorted(segm)}")

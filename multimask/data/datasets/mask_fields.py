@@ -309,11 +309,10 @@ class MaskFields:
                 if not front:
                     obj["multimask"][name] = []
                     continue
-                union = front[0]
-                for mask in front[1:]:
-                    union = derived_mask("|", union, mask)
                 x0, y0, x1, y1 = boxes[i]
                 box_polygon = [[x0, y0, x1, y0, x1, y1, x0, y1]]
+                # one n-ary union of the occluders, not a chain of binary ones
+                union = derived_mask("|", *front) if len(front) > 1 else front[0]
                 obj["multimask"][name] = derived_mask("&", union, box_polygon)
 
 
