@@ -41,8 +41,10 @@ def _own_rle(polygons, h=H, w=W):
 def _bits(segm, h=H, w=W):
     """Pixels of polygons / RLE / derived masks, by detectron2, pycocotools and numpy only."""
     if isinstance(segm, dict) and "op" in segm:
-        a, b = (_bits(x, h, w) for x in segm["operands"])
-        return {"-": a & ~b, "&": a & b, "|": a | b}[segm["op"]]
+        a, *rest = (_bits(x, h, w) for x in segm["operands"])
+        for b in rest:  # "|" and "&" take any number of operands
+            a = {"-": a & ~b, "&": a & b, "|": a | b}[segm["op"]]
+        return a
     if isinstance(segm, dict):
         return mask_util.decode(segm).astype(bool)
     return polygons_to_bitmask([np.asarray(p, dtype=np.float64) for p in segm], h, w)

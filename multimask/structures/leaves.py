@@ -106,7 +106,7 @@ def rasterize_polygons_on_rois(
         mask_size: M.
 
     Returns:
-        ndarray of shape (T, M, M), bool.
+        ndarray of shape (T, M, M), bool (not C-contiguous).
     """
     t = len(masks)
     if t == 0:
@@ -132,7 +132,8 @@ def rasterize_polygons_on_rois(
         n = len(p.lengths)
         merged.append(rles[first] if n == 1 else mask_util.merge(rles[first : first + n]))
         first += n
-    return mask_util.decode(merged).transpose(2, 0, 1).astype(bool)
+    # a view, not a copy: pycocotools' (M, M, T) Fortran-ordered 0/1 bytes seen as (T, M, M) bool
+    return mask_util.decode(merged).transpose(2, 0, 1).view(np.bool_)
 
 
 def rasterize_polygons_in_boxes(
