@@ -7,6 +7,9 @@ Run a multimask model on images, a video or a webcam, and draw every predicted m
         --input "images/*.png" --output out/ --masks amodal,visible \\
         --json-output out/results.json --opts MODEL.WEIGHTS output/model_final.pth
 
+Masks for boxes you already have (another detector's): --boxes FILE_OR_DIR (see --help and
+``load_boxes``); the model's box head is then not used, each given box gets its K masks.
+
 Results go to files (--output drawings, --json-output, --labelme-output), which never needs a
 display; only when none is given (and always for --webcam) are they shown in a window, which needs
 an opencv with a GUI (not opencv-python-headless) and a display.
@@ -22,6 +25,7 @@ import time
 import cv2
 import tqdm
 
+from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
@@ -29,6 +33,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers the model, its heads and the builtin datasets)
 from multimask.config import fall_back_to_cpu, get_multimask_cfg  # noqa: E402
+from multimask.evaluation.given_boxes import dataset_category_ids, records_to_given  # noqa: E402
 from multimask.utils.labelme_export import (  # noqa: E402
     DEFAULT_EPSILON,
     DEFAULT_MIN_IOU,
@@ -111,6 +116,22 @@ def get_parser():
         "at every pixel corner",
     )
     parser.add_argument(
+        "--boxes",
+        metavar="FILE_OR_DIR",
+        help="predict the masks of these boxes instead of the model's detections (with --input): "
+        "a COCO detection results JSON (a list of records with image_id, category_id in the "
+        "dataset's ids, bbox XYWH, score, as coco_instances_results.json), whose image_id is an "
+        "image of --boxes-dataset (matched to --input by file name; a record's own file_name "
+        "wins), or a folder with one such list per image, DIR/<image name>.json. Records scoring "
+        "below --confidence-threshold are skipped",
+    )
+    parser.add_argument(
+        "--boxes-dataset",
+        metavar="NAME",
+        help="registered dataset whose image ids and category ids --boxes uses (default: the "
+        "config's DATASETS.TEST[0])",
+    )
+    parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs to override"
     )
     return parser
@@ -184,9 +205,83 @@ def _labelme_paths(paths, folder):
     return json_paths
 
 
+def _records_by_image(path, paths, dataset_name):
+    """--boxes FILE: the records of each input image (by file name), through the dataset."""
+    with PathManager.open(path, "r") as f:
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--boxes {path}: not valid JSON: {e}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"--boxes {path}: expected a list of detection records")
+    names = None  # image_id -> file name, from the dataset, read only when needed
+    by_name = {}
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not {"category_id", "bbox"} <= set(r):
+            raise ValueError(f"--boxes {path}: record {i} lacks category_id or bbox: {r!r:.200}")
+        if "file_name" in r:
+            name = os.path.basename(r["file_name"])
+        elif "image_id" not in r:
+            raise ValueError(f"--boxes {path}: record {i} has neither image_id nor file_name")
+        else:
+            if names is None:
+                if not dataset_name or dataset_name not in DatasetCatalog.list():
+                    raise ValueError(
+                        f"--boxes {path}: records name images by image_id, which needs a "
+                        f"registered dataset (--boxes-dataset), got {dataset_name!r}"
+                    )
+                names = {
+                    d["image_id"]: os.path.basename(d["file_name"])
+                    for d in DatasetCatalog.get(dataset_name)
+                }
+            if r["image_id"] not in names:
+                raise ValueError(
+                    f"--boxes {path}: record {i}: image_id {r['image_id']!r} is not in dataset "
+                    f"'{dataset_name}'"
+                )
+            name = names[r["image_id"]]
+        by_name.setdefault(name, []).append(r)
+    return {p: by_name.get(os.path.basename(p), []) for p in paths}
+
+
+def load_boxes(path, paths, dataset_name):
+    """
+    The detection records (``bbox`` XYWH, ``category_id`` in the dataset's ids, ``score``) of
+    each input image: from one results JSON, or from DIR/<image name>.json per image (a missing
+    file is an error: write [] for an image without detection).
+    """
+    if not os.path.isdir(path):
+        return _records_by_image(path, paths, dataset_name)
+    out = {}
+    for p in paths:
+        json_path = os.path.join(path, os.path.splitext(os.path.basename(p))[0] + ".json")
+        if not os.path.isfile(json_path):
+            raise FileNotFoundError(f"--boxes {path}: no {json_path} for input {p}")
+        with open(json_path) as f:
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--boxes {json_path}: not valid JSON: {e}") from None
+        if not isinstance(records, list):
+            raise ValueError(f"--boxes {json_path}: expected a list of detection records")
+        out[p] = records
+    return out
+
+
+def _given(demo, args, records, image, path):
+    """The kept records of one image as given instances (bad boxes: an error naming both files)."""
+    kept = [r for r in records if r.get("score", 1.0) >= args.confidence_threshold]
+    num_classes = demo.predictor.num_classes
+    category_ids = dataset_category_ids(args.boxes_dataset) if args.boxes_dataset else {}
+    category_ids = category_ids or {i: i for i in range(num_classes)}
+    where = f"--boxes {args.boxes}, image {path}: "
+    return records_to_given(kept, image.shape[:2], category_ids, num_classes, where)
+
+
 def run_images(demo, args, logger, records=None):
     """Predict (and draw) every --input image; append its results to `records` unless None."""
     paths = _expand_inputs(args.input)
+    boxes = load_boxes(args.boxes, paths, args.boxes_dataset) if args.boxes else None
     as_dir = args.output and _is_dir_output(args.output, len(paths))
     if as_dir:
         PathManager.mkdirs(args.output)
@@ -195,11 +290,12 @@ def run_images(demo, args, logger, records=None):
     classes = demo.metadata.get("thing_classes", None)
     for idx, path in enumerate(tqdm.tqdm(paths, disable=show)):
         img = read_image(path, format="BGR")
+        given = _given(demo, args, boxes[path], img, path) if boxes is not None else None
         start = time.time()
         if args.output or show:
-            predictions, drawing = demo.run_on_image(img)
+            predictions, drawing = demo.run_on_image(img, given)
         else:  # files of results only: no drawing
-            predictions = demo.predict(img)
+            predictions = demo.predict(img, given)
         logger.info(f"{path}: detected {len(predictions)} instances in {time.time() - start:.2f}s")
         if records is not None:
             records += instances_to_coco_json(
@@ -293,13 +389,23 @@ def main(argv=None):
         raise ValueError("give exactly one of --input, --video-input, --webcam")
     if args.labelme_output and not args.input:
         raise ValueError("--labelme-output writes one file per image: use it with --input")
+    if args.boxes and not args.input:
+        raise ValueError("--boxes gives boxes per image: use it with --input")
     if args.labelme_epsilon < 0:
         raise ValueError(f"--labelme-epsilon must be >= 0 pixels, got {args.labelme_epsilon}")
     if _shows_window(args):
         _open_window()  # before the model is built: fail fast where no window can open
     cfg = setup_cfg(args)
+    if args.boxes and args.boxes_dataset is None and len(cfg.DATASETS.TEST):
+        args.boxes_dataset = cfg.DATASETS.TEST[0]
     masks = [m.strip() for m in args.masks.split(",") if m.strip()]
-    demo = VisualizationDemo(cfg, mask_names=masks or None, panels=args.panels, scale=args.scale)
+    demo = VisualizationDemo(
+        cfg,
+        mask_names=masks or None,
+        panels=args.panels,
+        scale=args.scale,
+        given_boxes=bool(args.boxes),
+    )
     # Results are kept only to be written: without --json-output a long video or the webcam
     # would otherwise grow this list without bound.
     records = [] if args.json_output else None

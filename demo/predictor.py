@@ -1,4 +1,7 @@
-"""``VisualizationDemo``: DefaultPredictor plus MultiMaskVisualizer, on images and videos."""
+"""
+``VisualizationDemo``: DefaultPredictor (or MultiMaskBoxPredictor, for given boxes) plus
+MultiMaskVisualizer, on images and videos.
+"""
 
 import logging
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -11,6 +14,7 @@ from detectron2.engine.defaults import DefaultPredictor
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode
 
+from multimask.engine import MultiMaskBoxPredictor
 from multimask.utils import MultiMaskVisualizer, auto_scale, draw_panels
 
 logger = logging.getLogger(__name__)
@@ -26,6 +30,7 @@ class VisualizationDemo:
         mask_names: Optional[Sequence[str]] = None,
         panels: bool = False,
         scale: Optional[float] = None,
+        given_boxes: bool = False,
     ):
         """
         Args:
@@ -35,6 +40,8 @@ class VisualizationDemo:
             panels: draw one panel per mask name side by side instead of one overlay.
             scale: drawing size relative to the image; None = ``auto_scale`` (enlarges small
                 images).
+            given_boxes: predict masks for boxes given to ``predict`` (``MultiMaskBoxPredictor``)
+                instead of the model's own detections.
         """
         self.pred_mask_names: List[str] = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
         self.mask_names = list(mask_names) if mask_names else list(self.pred_mask_names)
@@ -50,7 +57,7 @@ class VisualizationDemo:
         self.instance_mode = instance_mode
         self.panels = panels
         self.scale = scale
-        self.predictor = DefaultPredictor(cfg)
+        self.predictor = MultiMaskBoxPredictor(cfg) if given_boxes else DefaultPredictor(cfg)
 
     def draw(self, image_rgb: np.ndarray, instances: Instances) -> np.ndarray:
         """
@@ -81,26 +88,40 @@ class VisualizationDemo:
         )
         return vis.draw_instance_predictions(instances, mask_names=self.mask_names).get_image()
 
-    def predict(self, image_bgr: np.ndarray) -> Instances:
+    def predict(self, image_bgr: np.ndarray, given: Optional[Instances] = None) -> Instances:
         """
         Args:
             image_bgr: shape (H, W, 3), uint8 BGR, as cv2 or detectron2's
                 ``read_image(format="BGR")`` give it.
+            given: with ``given_boxes``, the boxes (Instances with `pred_boxes` XYXY in image
+                coordinates, `pred_classes`, `scores`, as ``records_to_given`` builds them).
 
         Returns:
-            the predictions: Instances on the CPU, `pred_multimasks` (N, K, H, W) bool.
+            the predictions: Instances on the CPU, `pred_multimasks` (N, K, H, W) bool; for given
+            boxes exactly one per box, in order.
         """
-        return self.predictor(image_bgr)["instances"].to("cpu")
+        if isinstance(self.predictor, MultiMaskBoxPredictor):
+            if given is None:
+                raise ValueError("this demo predicts masks for given boxes: pass given=")
+            boxes, classes, scores = given.pred_boxes.tensor, given.pred_classes, given.scores
+            out = self.predictor(image_bgr, boxes, classes, scores)
+        elif given is not None:
+            raise ValueError("given boxes need VisualizationDemo(..., given_boxes=True)")
+        else:
+            out = self.predictor(image_bgr)
+        return out["instances"].to("cpu")
 
-    def run_on_image(self, image_bgr: np.ndarray) -> Tuple[Instances, np.ndarray]:
+    def run_on_image(
+        self, image_bgr: np.ndarray, given: Optional[Instances] = None
+    ) -> Tuple[Instances, np.ndarray]:
         """
         Args:
-            image_bgr: as for ``predict``.
+            image_bgr, given: as for ``predict``.
 
         Returns:
             the predictions (as ``predict`` gives them) and the drawing (H', W', 3) RGB uint8.
         """
-        instances = self.predict(image_bgr)
+        instances = self.predict(image_bgr, given)
         return instances, self.draw(image_bgr[:, :, ::-1], instances)
 
     def run_on_video(

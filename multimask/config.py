@@ -106,6 +106,14 @@ def add_multimask_config(cfg: CN) -> None:
     # predicted whole and visible masks; the occluded-region mask (default: the one named
     # `occluded`, if predicted) gets UOAIS's key `segm_<occluded>_uoais`.
     _C.MULTIMASK.OCCLUSION_MASKS = ["amodal", "visible"]
+    # Boxes the evaluation predicts masks for: "" = the model's own detections; "gt" = every
+    # non-crowd ground-truth object of the test set (its class, score 1.0), which adds the
+    # completion protocol's miou_<name> and miou_<whole>_occ keys; or the path of a COCO detection
+    # results JSON (image_id, category_id in the dataset's ids, bbox XYWH, score) of another model.
+    _C.MULTIMASK.EVAL_BOXES = ""
+    # True: every evaluation key is scored class-agnostically (all objects and detections one
+    # class, SAMEO's protocol); False: per class, as COCO.
+    _C.MULTIMASK.CLASS_AGNOSTIC_EVAL = False
     # Python modules imported before the model and datasets are built (by train_net.py, or by
     # get_multimask_cfg), e.g. ["my_pkg.heads"]: they register heads, ROI heads or datasets that the config
     # then selects by name. A module's optional `add_config(cfg)` is called before the YAML is merged.

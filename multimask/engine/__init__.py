@@ -1,3 +1,4 @@
+from .box_predictor import MultiMaskBoxPredictor
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import ValidationLossHook, build_validation_loss_hook, compute_validation_loss
 from .launch import SubmititJob, config_device, distributed_env, launch

@@ -30,6 +30,7 @@ from detectron2.utils.registry import locate
 
 from ..config import import_custom_modules
 from ..data import check_mask_names, check_same_classes
+from ..evaluation import attach_given_boxes
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import ValidationLossHook, build_validation_loss_loader
 from .launch import ddp_device_ids
@@ -110,12 +111,41 @@ def _build_train_loader(loader_cfg: DictConfig):
     return instantiate(node)
 
 
+def _build_test_loader(cfg: DictConfig):
+    """
+    ``dataloader.test``; when the evaluator has ``eval_boxes`` ("gt" or a detections file, the
+    YAML key MULTIMASK.EVAL_BOXES), its dataset dicts carry those boxes (``attach_given_boxes``).
+    """
+    eval_boxes = cfg.dataloader.get("evaluator", {}).get("eval_boxes", "") or ""
+    if not eval_boxes:
+        return instantiate(cfg.dataloader.test)
+    # resolved against the whole config first: the mapper's interpolations point outside of it
+    node = OmegaConf.to_container(cfg.dataloader.test, resolve=True)
+    names = node["dataset"].get("names", [])
+    names = [names] if isinstance(names, str) else list(names)
+    if len(names) != 1:
+        raise ValueError(
+            f"dataloader.evaluator.eval_boxes={eval_boxes!r} needs one test dataset, got {names}"
+        )
+    node["dataset"] = {
+        "_target_": attach_given_boxes,
+        "dicts": node["dataset"],
+        "eval_boxes": eval_boxes,
+        "dataset_name": names[0],
+    }
+    return instantiate(node)
+
+
 def lazy_do_test(cfg: DictConfig, model) -> Dict[str, Any]:
-    """Evaluate on ``dataloader.test`` with ``dataloader.evaluator``; {} when there is no evaluator."""
+    """
+    Evaluate on ``dataloader.test`` with ``dataloader.evaluator``; {} when there is no evaluator.
+    ``dataloader.evaluator.eval_boxes`` ("gt" or a detections file) and ``class_agnostic`` are
+    the YAML keys MULTIMASK.EVAL_BOXES and CLASS_AGNOSTIC_EVAL.
+    """
     if "evaluator" not in cfg.dataloader:
         return {}
     results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        model, _build_test_loader(cfg), instantiate(cfg.dataloader.evaluator)
     )
     if comm.is_main_process():
         print_csv_format(results)

@@ -7,12 +7,16 @@ import weakref
 from typing import Dict, Iterator
 from unittest import mock
 
-from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer, create_ddp_model, hooks
 from detectron2.engine import defaults as d2_defaults
 
 from ..data import MultiMaskDatasetMapper, check_mask_names, check_same_classes
-from ..evaluation import MultiMaskCOCOEvaluator
+from ..evaluation import MultiMaskCOCOEvaluator, attach_given_boxes
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import build_validation_loss_hook
 from .launch import ddp_device_ids
@@ -160,8 +164,18 @@ class MultiMaskTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        """
+        detectron2's test loader with MultiMaskDatasetMapper; with ``MULTIMASK.EVAL_BOXES`` each
+        input also carries the boxes to predict masks for (``attach_given_boxes``).
+        """
+        mapper = MultiMaskDatasetMapper(cfg, is_train=False)
+        if not cfg.MULTIMASK.EVAL_BOXES:
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        # as build_detection_test_loader(cfg, ...) reads them
+        dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+        dicts = attach_given_boxes(dicts, cfg.MULTIMASK.EVAL_BOXES, dataset_name)
         return build_detection_test_loader(
-            cfg, dataset_name, mapper=MultiMaskDatasetMapper(cfg, is_train=False)
+            dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
         )
 
     @classmethod

@@ -1,80 +1,36 @@
 """``MultiMaskCOCOEvaluator``: COCO AP per mask name, and on occluded subsets of the instances."""
 
-import contextlib
-import gc
-import io
 import itertools
 import json
 import logging
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
-import pycocotools.mask as mask_util
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import detectron2.utils.comm as comm
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
-from detectron2.utils.logger import create_small_table
 
 from ..config import primary_mask_name
 from ..utils.results_json import coco_records, encode_instances, multimask_records
-from .coco_metrics import (
-    METRICS,
-    SUBSET_METRICS,
-    per_category_ap,
-    per_category_table,
-    range_metrics,
-    summary_metrics,
-)
-from .cocoeval_backend import PROTOCOL_IGNORE, coco_eval_backend
-from .ground_truth import (
-    VISIBLE_FRACTION,
-    build_ground_truth,
-    coco_ground_truth,
-    uoais_ground_truth,
-)
+from .coco_tasks import COCO_AREA_RANGES, COCOTasks, gc_paused  # noqa: F401 (re-export)
+from .cocoeval_backend import coco_eval_backend
+from .completion import completion_miou, miou_keys
+from .detection_areas import detection_areas
+from .given_boxes import GIVEN_INSTANCES, check_eval_boxes
+from .ground_truth import AGNOSTIC_ID, VISIBLE_FRACTION, build_ground_truth, class_agnostic
 from .occlusion import (
-    UOAIS_OCCLUDED_THRESHOLD,
     OcclusionSubset,
     check_occluded_threshold,
     check_occlusion_masks,
     check_occlusion_thresholds,
-    predicted_occluded,
-    predicted_visible_fraction,
 )
 
 __all__ = ["MultiMaskCOCOEvaluator"]
 
 logger = logging.getLogger(__name__)
-
-# pycocotools' area ranges (Params.setDetParams), by label
-COCO_AREA_RANGES = {
-    "all": (0.0, 1e5**2),
-    "small": (0.0, 32.0**2),
-    "medium": (32.0**2, 96.0**2),
-    "large": (96.0**2, 1e5**2),
-}
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """
-    No cyclic garbage collection inside: an evaluation allocates about ten objects per detection
-    and mask, which makes the collector rescan the whole heap (the predictions included) again
-    and again, 20-30 % of the time at KINS size; it creates no reference cycles to collect.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
 
 class MultiMaskCOCOEvaluator(DatasetEvaluator):
     """
@@ -127,6 +83,12 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
     and mask name) and ``coco_instances_results.json`` (the PRIMARY masks, as ``COCOEvaluator``
     writes it); see :mod:`multimask.utils.results_json`.
 
+    Given boxes (``eval_boxes``, ``MULTIMASK.EVAL_BOXES``): with "gt" the inputs carry every
+    non-crowd ground-truth object as a box (``given_boxes.attach_given_boxes``) and the results add
+    the completion protocol, ``miou_<name>`` and ``miou_<whole>_occ`` (:mod:`.completion`); with
+    a detections file the usual keys score the masks predicted for those detections.
+    ``class_agnostic`` scores every key with one class (SAMEO's class-agnostic AP).
+
     train_net builds it as ``MultiMaskCOCOEvaluator(dataset_name, cfg=cfg, output_dir=...)``.
     """
 
@@ -145,6 +107,8 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         occlusion_masks: Optional[Sequence[str]] = None,
         max_dets_per_image: Optional[int] = None,
         primary_mask: Optional[str] = None,
+        eval_boxes: Optional[str] = None,
+        class_agnostic: Optional[bool] = None,
     ):
         """
         Args:
@@ -174,6 +138,11 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
             primary_mask: the mask written to ``coco_instances_results.json``. None: the config's
                 PRIMARY (``MODEL.ROI_MULTI_MASK_HEAD.PRIMARY``, else the first name) if ``cfg`` is
                 given, else the first of ``mask_names``.
+            eval_boxes: where the inputs' boxes come from: "" (the model's own detections), "gt"
+                (adds the ``miou_*`` keys) or a detections file. None: the config's
+                ``MULTIMASK.EVAL_BOXES`` if ``cfg`` is given, else "".
+            class_agnostic: score every key with one class. None: the config's
+                ``MULTIMASK.CLASS_AGNOSTIC_EVAL`` if ``cfg`` is given, else False.
         """
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
@@ -244,6 +213,12 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
             {v: k for k, v in id_map.items()} if id_map else {i: i for i in range(num_classes)}
         )
         self._backend = coco_eval_backend(eval_backend)
+        if eval_boxes is None:
+            eval_boxes = cfg.MULTIMASK.EVAL_BOXES if cfg is not None else ""
+        self._eval_boxes = check_eval_boxes(eval_boxes)
+        if class_agnostic is None:
+            class_agnostic = cfg.MULTIMASK.CLASS_AGNOSTIC_EVAL if cfg is not None else False
+        self._class_agnostic = bool(class_agnostic)
         self._gt = None  # built on the first evaluate(), in the main process only
         self.reset()
 
@@ -269,6 +244,13 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs):
             if "instances" not in out:
                 raise ValueError(f"output for image_id {inp['image_id']} has no 'instances'")
+            if self._eval_boxes and GIVEN_INSTANCES not in inp:
+                raise ValueError(
+                    f"image_id {inp['image_id']}: the evaluator scores masks for given boxes "
+                    f"(eval_boxes {self._eval_boxes!r}) but the input has no {GIVEN_INSTANCES}; "
+                    "build the test loader with MultiMaskTrainer.build_test_loader (it attaches "
+                    "them, see multimask.evaluation.given_boxes)"
+                )
             self._predictions.append(
                 {
                     "image_id": inp["image_id"],
@@ -285,18 +267,26 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         if "segm" in self._tasks:
             for name in self._mask_names:
                 keys += list(self._mask_keys(name))
+            if self._eval_boxes == "gt":
+                keys += miou_keys(self._mask_names, self._occlusion_masks[0])
         return keys
 
     def _mask_keys(self, name: str) -> Dict[str, Tuple[str, ...]]:
         """The keys of mask `name`, in order, and the metrics of each (without ``AP-<class>``)."""
-        keys = {f"segm_{name}": METRICS, f"segm_{name}_occluded": METRICS}
-        for rule in ("", "_strict"):
-            keys.update(
-                {f"segm_{name}_occ{s.threshold:g}{rule}": SUBSET_METRICS for s in self._subsets}
-            )
-        if name == self._uoais_mask:
-            keys[f"segm_{name}_uoais"] = METRICS
-        return keys
+        return self._tasks_for(self._gt).mask_keys(name)
+
+    def _tasks_for(self, gt: Optional[Dict[str, Any]]) -> COCOTasks:
+        """The COCOeval runs on ground truth `gt` (None before the first evaluate: keys only)."""
+        return COCOTasks(
+            self._backend,
+            gt,
+            self._max_dets,
+            self._occluded,
+            self._subsets,
+            self._occlusion_masks,
+            self._predicts_occlusion,
+            self._uoais_mask,
+        )
 
     def evaluate(self) -> "OrderedDict[str, Dict[str, float]]":
         """
@@ -316,7 +306,7 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         if len(predictions) == 0:
             logger.warning("[MultiMaskCOCOEvaluator] Did not receive valid predictions.")
             return {}
-        with _gc_paused():
+        with gc_paused():
             return self._evaluate(predictions)
 
     def _evaluate(self, predictions: List[Dict[str, Any]]) -> "OrderedDict[str, Dict[str, float]]":
@@ -332,6 +322,8 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         by_coco_id = {coco_ids[i]: insts for i, insts in by_image.items()}
         img_ids = list(by_coco_id)
 
+        # one class for every object and detection: SAMEO's class-agnostic protocol
+        tasks = self._tasks_for(class_agnostic(self._gt) if self._class_agnostic else self._gt)
         results = OrderedDict()
         if "bbox" in self._tasks:
             dts = [
@@ -339,9 +331,11 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                 for i, insts in by_coco_id.items()
                 for d in insts
             ]
-            results["bbox"] = self._evaluate_boxes(img_ids, dts)
+            results["bbox"] = tasks.evaluate_boxes(img_ids, dts)
         if "segm" in self._tasks:
-            extra = self._detection_areas(by_coco_id)
+            extra = detection_areas(
+                by_coco_id, self._mask_names, self._occlusion_masks, self._predicts_occlusion
+            )
             for name in self._mask_names:
                 # every detection counts, an empty mask too, as in COCOEvaluator
                 dts = [
@@ -360,48 +354,20 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                     # no detection of an occluded region (COCOEvaluator has no such mask); every
                     # other mask, the primary included, scores empty predictions as it does
                     results.update(
-                        self._evaluate_mask(name, img_ids, [d for d in dts if d["area"] > 0])
+                        tasks.evaluate_mask(name, img_ids, [d for d in dts if d["area"] > 0])
                     )
                 else:
-                    results.update(self._evaluate_mask(name, img_ids, dts))
+                    results.update(tasks.evaluate_mask(name, img_ids, dts))
                 if name == self._uoais_mask:
                     key = f"segm_{name}_uoais"
                     flags = [e["occluded"] for i in by_coco_id for e in extra[i]]
                     kept = [d for d, occluded in zip(dts, flags) if occluded]
-                    results[key] = self._evaluate_uoais(key, name, kept)
+                    results[key] = tasks.evaluate_uoais(key, name, kept)
+            if self._eval_boxes == "gt":
+                results.update(
+                    completion_miou(self._gt, by_coco_id, self._mask_names, self._occlusion_masks)
+                )
         return results
-
-    def _detection_areas(self, by_coco_id: Dict[int, list]) -> Dict[int, List[Dict[str, Any]]]:
-        """
-        Per image (COCO id), per detection: the pixel area of each predicted mask (``areas``),
-        its predicted visible fraction (``fraction``, the VRSP rule) and whether UOAIS calls it
-        occluded (``occluded``); NaN and False when the model does not predict both occlusion
-        masks.
-        """
-        whole, visible = self._occlusion_masks[:2]
-        names = list(self._mask_names)
-        out = {}
-        for i, insts in by_coco_id.items():
-            # (N, K + 1): the K masks' areas, then whole & visible's; one area() call per
-            # detection (pycocotools' area() of more than 255 RLEs overflows a uint8 in numpy 2)
-            areas = np.zeros((len(insts), len(names) + 1))
-            for j, d in enumerate(insts):
-                rles = [d["multimask"][n] for n in names]
-                if self._predicts_occlusion:
-                    pair = [d["multimask"][whole], d["multimask"][visible]]
-                    rles.append(mask_util.merge(pair, intersect=True))
-                areas[j, : len(rles)] = mask_util.area(rles)
-            if self._predicts_occlusion:
-                w, v = areas[:, names.index(whole)], areas[:, names.index(visible)]
-                fractions = predicted_visible_fraction(areas[:, -1], w).tolist()
-                occluded = predicted_occluded(v, w).tolist()
-            else:
-                fractions, occluded = [float("nan")] * len(insts), [False] * len(insts)
-            out[i] = [
-                {"areas": dict(zip(names, a[:-1].tolist())), "fraction": f, "occluded": o}
-                for a, f, o in zip(areas, fractions, occluded)
-            ]
-        return out
 
     def _ground_truth(self) -> Dict[str, Any]:
         """The COCO ground truth of every mask name, built from the dataset dicts on first use."""
@@ -436,7 +402,7 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
 
     def _result(self, img_id: Any, d: Dict[str, Any], **fields) -> Dict[str, Any]:
         """A COCO result record of prediction ``d``, with the dataset's own category id."""
-        cat = self._dataset_ids[d["category_id"]]
+        cat = AGNOSTIC_ID if self._class_agnostic else self._dataset_ids[d["category_id"]]
         return {"image_id": img_id, "category_id": cat, "score": d["score"], **fields}
 
     def _save(self, by_image: Dict[Any, list]):
@@ -461,166 +427,3 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
             logger.info(f"Saving {len(records)} results to {path}")
             with PathManager.open(path, "w") as f:
                 json.dump(records, f)
-
-    def _coco_eval(self, coco_gt: Any, dts: List[Dict[str, Any]], iou_type: str, img_ids) -> Any:
-        """A rerunnable COCOeval of `dts` on `coco_gt`, restricted to `img_ids`."""
-        coco_dt = self._backend.load_results(coco_gt, dts)
-        coco_eval = self._backend.cocoeval(coco_gt, coco_dt, iou_type)
-        coco_eval.params.imgIds = list(img_ids)
-        coco_eval.params.maxDets = list(self._max_dets)
-        return coco_eval
-
-    @staticmethod
-    def _run(
-        coco_eval: Any,
-        ranges: Mapping[str, Tuple[float, float]],
-        gt: Mapping[int, Tuple[float, bool]],
-        dt_area: Mapping[int, float],
-    ):
-        """
-        One matching of `coco_eval` with these area ranges, ground-truth (area, ignored) and
-        detection areas, by annotation id; the IoUs of its first run are reused.
-        """
-        for ann_id, ann in coco_eval.cocoGt.anns.items():
-            ann["area"], ann[PROTOCOL_IGNORE] = gt[ann_id]
-        for ann_id, ann in coco_eval.cocoDt.anns.items():
-            ann["area"] = dt_area[ann_id]
-        coco_eval.params.areaRng = [list(r) for r in ranges.values()]
-        coco_eval.params.areaRngLbl = list(ranges)
-        with contextlib.redirect_stdout(io.StringIO()):  # the backends print their progress
-            coco_eval.evaluate()
-            coco_eval.accumulate()
-
-    def _metrics(self, key: str, coco_eval: Any, label: str, count: int) -> Dict[str, float]:
-        """The metrics of `key`, read on area range `label` (all of them on "all"), and logged."""
-        if label == "all":
-            results = summary_metrics(coco_eval)
-        else:
-            results = range_metrics(coco_eval, label)
-        logger.info(
-            f"COCOeval ({self._backend.name}) of {key}: {count} instances, at most "
-            f"{self._max_dets[-1]} detections per image:\n" + create_small_table(results)
-        )
-        names = {c["id"]: c["name"] for c in self._gt["categories"]}
-        per_category = per_category_ap(coco_eval, names, label)
-        if len(per_category) > 1:
-            logger.info(f"Per-category {key} AP:\n" + per_category_table(per_category))
-        results.update({f"AP-{n}": ap for n, ap in per_category})
-        return results
-
-    @staticmethod
-    def _evaluable(coco_gt: Any, img_ids, subset: Optional[OcclusionSubset] = None) -> int:
-        """Instances of `coco_gt` that can be missed in `img_ids` (in `subset`, if given)."""
-        ids = set(img_ids)
-        return sum(
-            a["image_id"] in ids
-            and not a["iscrowd"]
-            and (subset is None or subset.contains(a[VISIBLE_FRACTION]))
-            for a in coco_gt.anns.values()
-        )
-
-    def _evaluate_boxes(self, img_ids: List[int], dts: List[Dict[str, Any]]) -> Dict[str, float]:
-        coco_gt = self._backend.coco(coco_ground_truth(self._gt, "bbox"))
-        count = self._evaluable(coco_gt, img_ids)
-        if count == 0:
-            logger.warning("bbox: no annotated ground truth in the evaluated images; NaN.")
-            return {m: float("nan") for m in METRICS}
-        coco_eval = self._coco_eval(coco_gt, dts, "bbox", img_ids)
-        gt = {i: (a["area"], False) for i, a in coco_gt.anns.items()}
-        dt_area = {i: a["area"] for i, a in coco_eval.cocoDt.anns.items()}
-        self._run(coco_eval, COCO_AREA_RANGES, gt, dt_area)
-        return self._metrics("bbox", coco_eval, "all", count)
-
-    def _evaluate_mask(
-        self, name: str, img_ids: List[int], dts: List[Dict[str, Any]]
-    ) -> Dict[str, Dict[str, float]]:
-        """
-        Every key of mask `name` but ``_uoais``: one COCOeval, run on all instances (pixel areas,
-        COCO's area ranges), on ``_occluded`` (the others flagged ignored), then once with the
-        visible fraction as the area and one range per threshold: detections at area 0 (every
-        one counts: ``_strict``), then at their predicted visible fraction (``_occ<t>``).
-        """
-        keys = self._mask_keys(name)
-        keys.pop(f"segm_{name}_uoais", None)
-        coco_gt = self._backend.coco(coco_ground_truth(self._gt, "segm", name))
-        count = self._evaluable(coco_gt, img_ids)
-        if count == 0:
-            logger.warning(f"segm_{name}: no annotated ground truth in the evaluated images; NaN.")
-            return {key: {m: float("nan") for m in metrics} for key, metrics in keys.items()}
-        coco_eval = self._coco_eval(coco_gt, dts, "segm", img_ids)
-        gts, dets = coco_gt.anns, coco_eval.cocoDt.anns
-        pixels = {i: (a["area"], False) for i, a in gts.items()}
-        dt_pixels = {i: a["area"] for i, a in dets.items()}
-        results = {}
-        self._run(coco_eval, COCO_AREA_RANGES, pixels, dt_pixels)
-        results[f"segm_{name}"] = self._metrics(f"segm_{name}", coco_eval, "all", count)
-
-        subsets = {"_occluded": self._occluded}
-        subsets.update({f"_occ{s.threshold:g}": s for s in self._subsets})
-        counts = {k: self._evaluable(coco_gt, img_ids, s) for k, s in subsets.items()}
-        for suffix, subset in subsets.items():
-            if counts[suffix] == 0:
-                logger.info(f"segm_{name}{suffix}: no instance {subset.describe()}; NaN.")
-
-        occluded = {
-            i: (pixels[i][0], not self._occluded.contains(a[VISIBLE_FRACTION]))
-            for i, a in gts.items()
-        }
-        self._run(coco_eval, COCO_AREA_RANGES, occluded, dt_pixels)
-        key = f"segm_{name}_occluded"
-        results[key] = self._metrics(key, coco_eval, "all", counts["_occluded"])
-        if not self._subsets:
-            return results
-
-        # the forks' trick: the visible fraction is the area, each subset an area range
-        # [0, 1 - t]; an unknown fraction is out of every range
-        ranges = {f"_occ{s.threshold:g}": (0.0, s.bound) for s in self._subsets}
-        fractions = {}
-        for i, a in gts.items():
-            f = a[VISIBLE_FRACTION]
-            fractions[i] = (float("inf") if f is None else f, False)
-        for rule, dt_area in (
-            ("_strict", {i: 0.0 for i in dets}),
-            ("", {i: a[VISIBLE_FRACTION] for i, a in dets.items()}),
-        ):
-            if rule == "" and not self._predicts_occlusion:
-                whole, visible = self._occlusion_masks[:2]
-                logger.warning(
-                    f"segm_{name}_occ<t>: the model does not predict both '{whole}' and "
-                    f"'{visible}' (MULTIMASK.OCCLUSION_MASKS), which give a detection's "
-                    "occlusion; NaN."
-                )
-                for suffix in ranges:
-                    results[f"segm_{name}{suffix}"] = {m: float("nan") for m in SUBSET_METRICS}
-                continue
-            self._run(coco_eval, ranges, fractions, dt_area)
-            for suffix in ranges:
-                key = f"segm_{name}{suffix}{rule}"
-                results[key] = self._metrics(key, coco_eval, suffix, counts[suffix])
-        return {key: results[key] for key in keys}
-
-    def _evaluate_uoais(self, key: str, name: str, dts: List[Dict[str, Any]]) -> Dict[str, float]:
-        """UOAIS's ``occlusion_segm``: see ``uoais_ground_truth``, on the images of `dts`."""
-        if not self._predicts_occlusion:
-            whole, visible = self._occlusion_masks[:2]
-            logger.warning(
-                f"{key}: the model does not predict both '{whole}' and '{visible}', which select "
-                "the occluded detections; NaN."
-            )
-            return {m: float("nan") for m in METRICS}
-        # UOAIS evaluates only the images with a detection ("eval only forwarded data")
-        img_ids = sorted({d["image_id"] for d in dts})
-        subset = OcclusionSubset(UOAIS_OCCLUDED_THRESHOLD, strict=True)
-        coco_gt = self._backend.coco(uoais_ground_truth(self._gt, name, subset))
-        count = self._evaluable(coco_gt, img_ids)
-        if count == 0:
-            logger.info(
-                f"{key}: no instance {subset.describe()} in the {len(img_ids)} images with a "
-                "detection predicted occluded; NaN."
-            )
-            return {m: float("nan") for m in METRICS}
-        coco_eval = self._coco_eval(coco_gt, dts, "segm", img_ids)
-        gt = {i: (a["area"], False) for i, a in coco_gt.anns.items()}
-        dt_area = {i: a["area"] for i, a in coco_eval.cocoDt.anns.items()}
-        self._run(coco_eval, COCO_AREA_RANGES, gt, dt_area)
-        return self._metrics(key, coco_eval, "all", count)

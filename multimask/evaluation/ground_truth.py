@@ -14,10 +14,19 @@ from detectron2.structures import BoxMode
 from ..structures import segmentation_to_rle
 from .occlusion import OcclusionSubset, visible_fraction, whole_area
 
-__all__ = ["VISIBLE_FRACTION", "build_ground_truth", "coco_ground_truth", "uoais_ground_truth"]
+__all__ = [
+    "AGNOSTIC_ID",
+    "VISIBLE_FRACTION",
+    "build_ground_truth",
+    "class_agnostic",
+    "coco_ground_truth",
+    "uoais_ground_truth",
+]
 
 # Key of a COCO record (ground truth or detection) holding its visible fraction (see occlusion.py)
 VISIBLE_FRACTION = "multimask_visible_fraction"
+# The one category of a class-agnostic evaluation
+AGNOSTIC_ID = 1
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +96,12 @@ def build_ground_truth(
             "occluded subset)"
         )
     return {"images": images, "categories": categories, "annotations": anns, "coco_ids": coco_ids}
+
+
+def class_agnostic(gt: Mapping[str, Any]) -> Dict[str, Any]:
+    """``build_ground_truth``'s result with one category ``AGNOSTIC_ID`` ("object") for all."""
+    anns = [{**a, "category_id": AGNOSTIC_ID} for a in gt["annotations"]]
+    return {**gt, "categories": [{"id": AGNOSTIC_ID, "name": "object"}], "annotations": anns}
 
 
 def _annotation(
