@@ -18,8 +18,8 @@ import torch
 from detectron2.data import DatasetCatalog
 
 from multimask.engine import SubmititJob, distributed_env
-from multimask.engine.launch import (
-    ENV_VARS,
+from multimask.engine.launch import ENV_VARS
+from multimask.engine.slurm import (
     _resume_from_copy,
     checkpoint_dir_of_job,
     copy_last_checkpoint,

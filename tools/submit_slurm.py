@@ -12,7 +12,7 @@ Submit a train_net.py job to SLURM with submitit (``pip install multimask[slurm]
 The job has ``--gpus-per-node`` tasks on each node, one process per GPU (a CPU config, MODEL.DEVICE
 cpu or train.device=cpu, asks for no GPU). Each task joins the ``env://`` rendezvous at the job's
 first host with its rank from the job environment (machine rank = SLURM_NODEID), as under torchrun
-(multimask.engine.launch). The job's folder is ``--job-dir`` (``%j``: the job id); training writes
+(multimask.engine.slurm, multimask.engine.launch). The job's folder is ``--job-dir`` (``%j``: the job id); training writes
 to ``<job folder>/output`` (OUTPUT_DIR / train.output_dir), submitit's logs to the folder itself.
 
 SLURM sends USR2 ``--signal-delay`` seconds before the time limit, and on preemption: submitit
@@ -33,10 +33,10 @@ from typing import List, Optional, Sequence, Tuple
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from multimask.engine.launch import (  # noqa: E402
+from multimask.engine.launch import config_device  # noqa: E402
+from multimask.engine.slurm import (  # noqa: E402
     SubmititJob,
     checkpoint_dir_of_job,
-    config_device,
     import_training_script,
 )
 
