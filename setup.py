@@ -24,5 +24,12 @@ setup(
         "matplotlib",
     ],
     # slurm: tools/submit_slurm.py (multimask.engine.SubmititJob); the tests use it too
-    extras_require={"test": ["pytest", "submitit>=1.5"], "slurm": ["submitit>=1.5"]},
+    # onnx: tools/export_model.py --format onnx (TorchScript-based exporter, no onnxscript);
+    # deploy: multimask_deploy / demo/onnx_demo.py (no torch); pins as tested (README "Deploy")
+    extras_require={
+        "test": ["pytest", "submitit>=1.5", "onnx==1.23.2", "onnxruntime==1.32.0"],
+        "slurm": ["submitit>=1.5"],
+        "onnx": ["onnx==1.23.2", "onnxruntime==1.32.0"],
+        "deploy": ["onnxruntime==1.32.0", "numpy", "opencv-python-headless", "pycocotools>=2.0.2"],
+    },
 )

@@ -41,6 +41,13 @@ termcolor, cloudpickle, tensorboard, matplotlib, pkg_resources, tqdm, PIL, pytes
     "${PIP[@]}" "${DEPS[@]}"
 fi
 
+# ONNX export and its tests (tools/export_model.py --format onnx, multimask_deploy); as setup.py's extras
+ONNX_DEPS=("onnx==1.23.2" "onnxruntime==1.32.0")
+if ! have "import onnx, onnxruntime"; then
+    log "installing ${ONNX_DEPS[*]}"
+    "${PIP[@]}" "${ONNX_DEPS[@]}"
+fi
+
 if ! have "import detectron2"; then
     log "installing detectron2 from the sal-detectron2 wheel (Python part only)"
     SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
