@@ -14,6 +14,13 @@ own builtins are, with this layout::
       cocoa/annotations/COCO_amodal_val2014_with_classes.json
       d2s/images/
       d2s/annotations/D2S_amodal_training_rot0.json  D2S_amodal_validation.json
+      UOAIS-Sim/{train,val}/  UOAIS-Sim/annotations/coco_anns_uoais_sim_{train,val}.json (UOAIS-Sim)
+      syntable/{train,validation}/  syntable/train/uoais_train.json                      (SynTable)
+      syntable/validation/uoais_val.json
+      OSD-0.2-depth/{image_color,annotation,amodal_annotation,occlusion_annotation}/    (OSD-Amodal)
+      amodal_synth_drive/{train,val}/images/front/<video>/<frame>_rgb.jpg       (AmodalSynthDrive)
+      amodal_synth_drive/{train,val}/amodal_instance_seg/front/<video>/<frame>_aminseg.{json,png}
+      amodal_synth_drive/{train,val}/amodal_panoptic_seg/<camera>/<seq>/<frame>_ampano.{png,json}
 
 The classes of the KINS and COCOA names are known before loading, as their files list them (KINS
 2020: 8 categories, ``rider`` unused; KINS 2019: 7; COCOA: ``object``); COCOA-cls and D2SA names get
@@ -32,7 +39,12 @@ from detectron2.utils.file_io import PathManager
 from .amodal import RELEASED_CATEGORIES, amodal_metadata, categories_metadata, load_amodal_json
 from .synthetic import register_synthetic_dataset
 
-__all__ = ["BUILTIN_AMODAL_SPLITS", "BUILTIN_SYNTHETIC_SPLITS", "register_all_amodal"]
+__all__ = [
+    "BUILTIN_AMODAL_LAYOUT_SPLITS",
+    "BUILTIN_AMODAL_SPLITS",
+    "BUILTIN_SYNTHETIC_SPLITS",
+    "register_all_amodal",
+]
 
 _KINS, _COCOA, _D2SA = "kins/annotations/", "cocoa/annotations/COCO_amodal_", "d2s/annotations/"
 
@@ -48,6 +60,40 @@ BUILTIN_AMODAL_SPLITS: Dict[str, Tuple[str, str, str]] = {
     "cocoa_cls_val": ("cocoa_cls", "coco/val2014", _COCOA + "val2014_with_classes.json"),
     "d2sa_train": ("d2sa", "d2s/images", _D2SA + "D2S_amodal_training_rot0.json"),
     "d2sa_val": ("d2sa", "d2s/images", _D2SA + "D2S_amodal_validation.json"),
+}
+
+_UOAIS, _ASD = "UOAIS-Sim/", "amodal_synth_drive/"
+# The released layouts of issue 24 (paths as their own code registers them: gist-ailab/uoais and
+# ngzhili/uoais-v2 adet/data/builtin.py, the UOAIS README for OSD, S-AModal's get_asd_dataset,
+# APSNet's read_asd_files): name -> (format, image directory, annotation file or folder)
+BUILTIN_AMODAL_LAYOUT_SPLITS: Dict[str, Tuple[str, str, str]] = {
+    **{
+        f"uoais_sim_{split}": (
+            "uoais",
+            _UOAIS + split,
+            f"{_UOAIS}annotations/coco_anns_uoais_sim_{split}.json",
+        )
+        for split in ("train", "val")
+    },
+    "syntable_train": ("uoais", "syntable/train", "syntable/train/uoais_train.json"),
+    "syntable_val": ("uoais", "syntable/validation", "syntable/validation/uoais_val.json"),
+    "osd_amodal": ("osd_amodal", "OSD-0.2-depth/image_color", "OSD-0.2-depth"),
+    **{
+        f"asd_{split}": (
+            "asd_instances",
+            f"{_ASD}{split}/images/front",
+            f"{_ASD}{split}/amodal_instance_seg/front",
+        )
+        for split in ("train", "val")
+    },
+    **{
+        f"asd_amodal_panoptic_{split}": (
+            "amodal_panoptic",
+            f"{_ASD}{split}/images",
+            f"{_ASD}{split}/amodal_panoptic_seg",
+        )
+        for split in ("train", "val")
+    },
 }
 
 # name -> (number of images, seed); the two splits draw from disjoint random streams
@@ -73,12 +119,14 @@ def _load_builtin(name: str, fmt: str, json_file: str, image_root: str, root: st
 
 def register_all_amodal(root: str) -> None:
     """
-    Register every name of ``BUILTIN_AMODAL_SPLITS`` with its files under `root`.
+    Register every name of ``BUILTIN_AMODAL_SPLITS`` and ``BUILTIN_AMODAL_LAYOUT_SPLITS`` with its
+    files under `root`.
 
     Args:
         root: the datasets directory ($DETECTRON2_DATASETS).
     """
-    for name, (fmt, image_dir, json_rel) in BUILTIN_AMODAL_SPLITS.items():
+    splits = {**BUILTIN_AMODAL_SPLITS, **BUILTIN_AMODAL_LAYOUT_SPLITS}
+    for name, (fmt, image_dir, json_rel) in splits.items():
         json_file, image_root = os.path.join(root, json_rel), os.path.join(root, image_dir)
         DatasetCatalog.register(
             name,
