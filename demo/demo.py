@@ -40,6 +40,7 @@ from multimask.utils.labelme_export import (  # noqa: E402
     instances_to_labelme,
 )
 from multimask.utils.results_json import instances_to_coco_json  # noqa: E402
+from multimask_deploy.demo import labelme_paths  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import VisualizationDemo  # noqa: E402
@@ -189,22 +190,6 @@ def _open_window():
         raise RuntimeError(f"demo.py cannot open a window ({e}): {alternative}") from None
 
 
-def _labelme_paths(paths, folder):
-    """DIR/<image name>.json per image; two images of one name would overwrite each other."""
-    json_paths = [
-        os.path.join(folder, os.path.splitext(os.path.basename(p))[0] + ".json") for p in paths
-    ]
-    seen = {}
-    for path, json_path in zip(paths, json_paths):
-        if json_path in seen:
-            raise ValueError(
-                f"--labelme-output: {seen[json_path]} and {path} would both be written to "
-                f"{json_path}; give images of different names"
-            )
-        seen[json_path] = path
-    return json_paths
-
-
 def _records_by_image(path, paths, dataset_name):
     """--boxes FILE: the records of each input image (by file name), through the dataset."""
     with PathManager.open(path, "r") as f:
@@ -285,7 +270,7 @@ def run_images(demo, args, logger, records=None):
     as_dir = args.output and _is_dir_output(args.output, len(paths))
     if as_dir:
         PathManager.mkdirs(args.output)
-    json_paths = _labelme_paths(paths, args.labelme_output) if args.labelme_output else None
+    json_paths = labelme_paths(paths, args.labelme_output) if args.labelme_output else None
     show = _shows_window(args)
     classes = demo.metadata.get("thing_classes", None)
     for idx, path in enumerate(tqdm.tqdm(paths, disable=show)):

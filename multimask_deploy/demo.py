@@ -53,7 +53,8 @@ def _expand_inputs(inputs: List[str]) -> List[str]:
     return inputs
 
 
-def _labelme_paths(paths: List[str], folder: str) -> List[str]:
+def labelme_paths(paths: List[str], folder: str) -> List[str]:
+    """DIR/<image name>.json per image; two images of one name would overwrite each other."""
     json_paths = [
         os.path.join(folder, os.path.splitext(os.path.basename(p))[0] + ".json") for p in paths
     ]
@@ -92,7 +93,7 @@ def main(argv: Optional[List[str]] = None) -> list:
     )
     if as_dir:
         os.makedirs(args.output, exist_ok=True)
-    json_paths = _labelme_paths(paths, args.labelme_output) if args.labelme_output else None
+    json_paths = labelme_paths(paths, args.labelme_output) if args.labelme_output else None
     records = []
     for idx, path in enumerate(paths):
         image = cv2.imread(path, cv2.IMREAD_COLOR)

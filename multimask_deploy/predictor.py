@@ -13,13 +13,20 @@ import numpy as np
 from .paste import paste_masks
 from .preprocess import preprocess
 
-__all__ = ["FORMAT_VERSION", "INPUT_NAMES", "OUTPUT_NAMES", "OnnxMultiMaskPredictor", "Predictions"]
+__all__ = [
+    "FORMAT_VERSION",
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "REQUIRED_METADATA",
+    "OnnxMultiMaskPredictor",
+    "Predictions",
+]
 
-# What multimask.utils.onnx_export writes (its _FORMAT, ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES).
+# The graph's input / output names and metadata keys: multimask.utils.onnx_export imports and writes them.
 FORMAT_VERSION = "multimask-onnx-1"
 INPUT_NAMES = ("image", "image_size")
 OUTPUT_NAMES = ("pred_boxes", "scores", "pred_classes", "pred_multimasks")
-_REQUIRED = (
+REQUIRED_METADATA = (
     "mask_names",
     "primary",
     "input_format",
@@ -132,11 +139,11 @@ class OnnxMultiMaskPredictor:
                 f"{path}: metadata multimask_format is {version!r}, this predictor reads "
                 f"{FORMAT_VERSION!r}: export the model again with this version of multimask"
             )
-        missing = [k for k in _REQUIRED if k not in props]
+        missing = [k for k in REQUIRED_METADATA if k not in props]
         if missing:
             raise ValueError(f"{path}: metadata lacks {missing}; export the model again")
         try:
-            meta = {k: json.loads(props[k]) for k in _REQUIRED}
+            meta = {k: json.loads(props[k]) for k in REQUIRED_METADATA}
         except ValueError as e:
             raise ValueError(f"{path}: unreadable metadata ({e}); export the model again") from None
         if meta["primary"] not in meta["mask_names"]:

@@ -30,6 +30,13 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 
+from multimask_deploy.predictor import (
+    FORMAT_VERSION,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    REQUIRED_METADATA,
+)
+
 from ..config import primary_mask_name
 from .export import TRACING_LEN_MODULES
 
@@ -48,8 +55,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ONNX_INPUT_NAMES = ("image", "image_size")
-ONNX_OUTPUT_NAMES = ("pred_boxes", "scores", "pred_classes", "pred_multimasks")
+# the names and the metadata's keys are the predictor's (multimask_deploy: torch-free, one definition)
+ONNX_INPUT_NAMES, ONNX_OUTPUT_NAMES = INPUT_NAMES, OUTPUT_NAMES
 # RoiAlign with aligned=True (ROIAlignV2, the default pooler) needs opset 16; 17 is what
 # onnxruntime and TensorRT 8.6+ support widely.
 DEFAULT_OPSET = 17
@@ -57,19 +64,8 @@ MAX_OPSET = 20  # torch's TorchScript-based exporter's last opset
 _MIN_OPSET = 11  # NonMaxSuppression, RoiAlign
 _MIN_OPSET_ALIGNED = 16
 # metadata_props written by export_onnx and read by multimask_deploy (its FORMAT_VERSION).
-METADATA_KEYS = (
-    "multimask_format",
-    "mask_names",
-    "primary",
-    "input_format",
-    "min_size_test",
-    "max_size_test",
-    "score_thresh_test",
-    "mask_threshold",
-    "thing_classes",
-    "dataset_ids",
-)
-_FORMAT = "multimask-onnx-1"
+METADATA_KEYS = ("multimask_format", *REQUIRED_METADATA)
+_FORMAT = FORMAT_VERSION
 
 
 class OnnxMultiMaskRCNN(nn.Module):
