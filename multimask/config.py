@@ -114,6 +114,26 @@ def add_multimask_config(cfg: CN) -> None:
     # True: every evaluation key is scored class-agnostically (all objects and detections one
     # class, SAMEO's protocol); False: per class, as COCO.
     _C.MULTIMASK.CLASS_AGNOSTIC_EVAL = False
+    # Several training datasets whose classes differ: True = every category of every train and
+    # test dataset becomes the one class "object" (NUM_CLASSES 1), and evaluation is class-agnostic.
+    # Exclusive with CLASS_UNION. False = the datasets must have the same classes.
+    _C.MULTIMASK.CLASS_AGNOSTIC_TRAIN = False
+    # True = the training classes are the union of the DATASETS.TRAIN lists, matched by name (the
+    # first dataset's list, then each later one's new names); every dataset's ids are remapped to
+    # it, each test set's classes must be in it. NUM_CLASSES must be its length.
+    _C.MULTIMASK.CLASS_UNION = False
+    # Sampling weights of the DATASETS.TRAIN datasets: [] = each in proportion to its size; else
+    # one weight > 0 per dataset, dataset i giving the share w_i / sum(w) of the sampled images
+    # (detectron2's RepeatFactorTrainingSampler; needs DATALOADER.SAMPLER_TRAIN TrainingSampler).
+    _C.MULTIMASK.DATASET_WEIGHTS = []
+    # True = the evaluation adds the key "order": uoais-v2's occlusion-order accuracy OOACC of the
+    # matched predictions (i occludes j when IoU(visible_i, occluded_j) > 0.1, pairwise), with its
+    # counts. Needs the predicted whole and visible masks (OCCLUSION_MASKS). See
+    # multimask/evaluation/occlusion_order.py.
+    _C.MULTIMASK.ORDER_EVAL = False
+    # Detections scored below this are left out of ORDER_EVAL, as uoais-v2's evaluation runs its
+    # predictor with ROI_HEADS.SCORE_THRESH_TEST 0.5.
+    _C.MULTIMASK.ORDER_SCORE_THRESHOLD = 0.5
     # Python modules imported before the model and datasets are built (by train_net.py, or by
     # get_multimask_cfg), e.g. ["my_pkg.heads"]: they register heads, ROI heads or datasets that the config
     # then selects by name. A module's optional `add_config(cfg)` is called before the YAML is merged.

@@ -1,5 +1,16 @@
 """Multi-mask data: dataset loaders and registration, and the mapper that emits ``gt_multimask``."""
 
+from .build import (
+    AGNOSTIC_CLASS,
+    MultiDatasetDicts,
+    RemappedClassesEvaluator,
+    TrainClasses,
+    cfg_train_classes,
+    check_train_mask_names,
+    dataset_weights_sampler,
+    multi_dataset_dicts,
+    resolve_train_classes,
+)
 from .dataset_mapper import MultiMaskDatasetMapper
 from .datasets import builtin  # registers kins_*, cocoa_*, d2sa_* and multimask_synthetic_*
 from .datasets import (

@@ -11,7 +11,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..config import primary_mask_name
-from .detection_utils import check_mask_names, multimask_annotations_to_instances
+from .build import check_train_mask_names
+from .detection_utils import multimask_annotations_to_instances
 
 __all__ = ["MultiMaskDatasetMapper"]
 
@@ -89,8 +90,9 @@ class MultiMaskDatasetMapper:
             recompute_boxes = True
         mask_names = list(cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
         if is_train:
-            # fail at start-up rather than at the first batch
-            check_mask_names(cfg.DATASETS.TRAIN, mask_names)
+            # fail at start-up rather than at the first batch; with several training datasets a
+            # name one of them lacks is not annotated for its objects (see data/build.py)
+            check_train_mask_names(cfg.DATASETS.TRAIN, (), mask_names)
         return {
             "is_train": is_train,
             "augmentations": augs,

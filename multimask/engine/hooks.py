@@ -20,6 +20,7 @@ from detectron2.utils.events import EventStorage
 
 from ..config import primary_mask_name
 from ..data import MultiMaskDatasetMapper
+from ..data.build import cfg_train_classes, remap_dataset_dicts
 from .resume import preserve_rng_states
 
 __all__ = [
@@ -187,6 +188,8 @@ def build_validation_loss_hook(cfg, model: nn.Module) -> Optional[ValidationLoss
         primary=primary_mask_name(cfg),
     )
     dicts = get_detection_dataset_dicts([cfg.DATASETS.TEST[0]], filter_empty=False)
+    # in the model's classes (MULTIMASK.CLASS_AGNOSTIC_TRAIN / CLASS_UNION remap the test ids)
+    dicts = remap_dataset_dicts(dicts, cfg_train_classes(cfg).id_maps.get(cfg.DATASETS.TEST[0]))
     loader = build_validation_loss_loader(
         dicts,
         mapper,

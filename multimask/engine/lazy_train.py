@@ -29,8 +29,20 @@ from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
 from ..config import import_custom_modules
-from ..data import check_mask_names, check_same_classes
+from ..data.build import (
+    LAZY_KEYS,
+    MultiDatasetDicts,
+    RemappedClassesEvaluator,
+    TrainClasses,
+    check_train_mask_names,
+    dataset_weights_sampler,
+    multi_dataset_dicts,
+    remap_dataset_dicts,
+    remap_given_classes,
+    resolve_train_classes,
+)
 from ..evaluation import attach_given_boxes
+from ..evaluation.given_boxes import GIVEN_INSTANCES
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import ValidationLossHook, build_validation_loss_loader
 from .launch import ddp_device_ids
@@ -72,23 +84,51 @@ def _names(dataset_cfg) -> List[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
+def _split_names(cfg: DictConfig, split: str) -> List[str]:
+    loader = cfg.dataloader.get(split)
+    if loader is not None and "names" in loader.get("dataset", {}):
+        return _names(loader.dataset)
+    return []
+
+
+def _is_target(node, fn) -> bool:
+    target = node.get("_target_") if hasattr(node, "get") else None
+    return target is not None and (locate(target) if isinstance(target, str) else target) is fn
+
+
+def _train_classes(cfg: DictConfig) -> TrainClasses:
+    """
+    The training classes: ``dataloader.train.dataset``'s ``class_agnostic`` / ``class_union``
+    when it is a ``multi_dataset_dicts`` (the YAML keys MULTIMASK.CLASS_AGNOSTIC_TRAIN /
+    CLASS_UNION), checked against ``dataloader.test``'s dataset.
+    """
+    dataset = cfg.dataloader.get("train", {}).get("dataset", {})
+    multi = _is_target(dataset, multi_dataset_dicts)
+    return resolve_train_classes(
+        _split_names(cfg, "train"),
+        _split_names(cfg, "test"),
+        class_agnostic=bool(multi and dataset.get("class_agnostic", False)),
+        class_union=bool(multi and dataset.get("class_union", False)),
+        keys=LAZY_KEYS,
+    )
+
+
 def _check_datasets(cfg: DictConfig) -> None:
-    """Fail before training if a dataset lacks one of the model's mask names or has other classes."""
-    datasets = {}
-    for split in ("train", "test"):
-        loader = cfg.dataloader.get(split)
-        if loader is not None and "names" in loader.get("dataset", {}):
-            datasets[split] = _names(loader.dataset)
-    check_mask_names(sum(datasets.values(), []), list(cfg.model.roi_heads.mask_head.mask_names))
-    check_same_classes(sum(datasets.values(), []))
+    """
+    Fail before training if no training dataset has one of the model's mask names (or a test
+    dataset lacks one), if the classes differ without class_agnostic / class_union, or if
+    model.roi_heads.num_classes is not the training class count.
+    """
+    mask_names = list(cfg.model.roi_heads.mask_head.mask_names)
+    check_train_mask_names(_split_names(cfg, "train"), _split_names(cfg, "test"), mask_names)
+    classes = _train_classes(cfg).classes
     num_classes = cfg.model.roi_heads.num_classes
-    for name in datasets.get("train", []):
-        classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and len(classes) != num_classes:
-            raise ValueError(
-                f"Dataset '{name}' has {len(classes)} classes but model.roi_heads.num_classes is "
-                f"{num_classes}; set it to {len(classes)}."
-            )
+    if classes is not None and len(classes) != num_classes:
+        raise ValueError(
+            f"The training datasets {_split_names(cfg, 'train')} have {len(classes)} classes "
+            f"{classes[:10]} but model.roi_heads.num_classes is {num_classes}; set it to "
+            f"{len(classes)}."
+        )
 
 
 def _ddp(model, cfg: DictConfig):
@@ -105,10 +145,20 @@ def _build_train_loader(loader_cfg: DictConfig):
     """
     # resolved against the whole config first: the mapper's interpolations point outside of it
     node = OmegaConf.to_container(loader_cfg, resolve=True)
-    target = node["_target_"]
-    if (locate(target) if isinstance(target, str) else target) is build_detection_train_loader:
+    if _is_target(node, build_detection_train_loader):
         node["_target_"] = resumable_train_loader
-    return instantiate(node)
+    if not _is_target(node.get("dataset", {}), multi_dataset_dicts):
+        return instantiate(node)
+    # multi_dataset_dicts' weights: detectron2's RepeatFactorTrainingSampler over its datasets
+    dataset = instantiate(node.pop("dataset"))
+    sampler = instantiate(node.pop("sampler", None))
+    if isinstance(dataset, MultiDatasetDicts) and dataset.weights:
+        if sampler is not None:
+            raise ValueError("dataloader.train: give dataset.weights or a sampler, not both")
+        sampler = dataset_weights_sampler(dataset.sizes, dataset.weights)
+    target = node.pop("_target_")
+    target = locate(target) if isinstance(target, str) else target
+    return target(dataset=dataset, sampler=sampler, **{k: instantiate(v) for k, v in node.items()})
 
 
 def _build_test_loader(cfg: DictConfig):
@@ -128,12 +178,34 @@ def _build_test_loader(cfg: DictConfig):
             f"dataloader.evaluator.eval_boxes={eval_boxes!r} needs one test dataset, got {names}"
         )
     node["dataset"] = {
-        "_target_": attach_given_boxes,
-        "dicts": node["dataset"],
-        "eval_boxes": eval_boxes,
-        "dataset_name": names[0],
+        "_target_": remap_given_classes,  # the given classes in the model's
+        "dicts": {
+            "_target_": attach_given_boxes,
+            "dicts": node["dataset"],
+            "eval_boxes": eval_boxes,
+            "dataset_name": names[0],
+        },
+        "id_map": _train_classes(cfg).id_maps.get(names[0]),
+        "key": GIVEN_INSTANCES,
     }
     return instantiate(node)
+
+
+def _build_evaluator(cfg: DictConfig):
+    """
+    ``dataloader.evaluator``; class-agnostic when the training dataset is class_agnostic, and
+    with class_union the predicted classes mapped from the union to the test set's list.
+    """
+    train = _train_classes(cfg)
+    node = OmegaConf.to_container(cfg.dataloader.evaluator, resolve=True)
+    if train.mode == "agnostic":
+        node["class_agnostic"] = True
+    evaluator = instantiate(node)
+    name = node.get("dataset_name")
+    if train.mode == "union" and isinstance(name, str):
+        if list(MetadataCatalog.get(name).thing_classes) != train.classes:
+            return RemappedClassesEvaluator(evaluator, train.classes, name)
+    return evaluator
 
 
 def lazy_do_test(cfg: DictConfig, model) -> Dict[str, Any]:
@@ -144,9 +216,7 @@ def lazy_do_test(cfg: DictConfig, model) -> Dict[str, Any]:
     """
     if "evaluator" not in cfg.dataloader:
         return {}
-    results = inference_on_dataset(
-        model, _build_test_loader(cfg), instantiate(cfg.dataloader.evaluator)
-    )
+    results = inference_on_dataset(model, _build_test_loader(cfg), _build_evaluator(cfg))
     if comm.is_main_process():
         print_csv_format(results)
     return results
@@ -166,8 +236,11 @@ def build_lazy_validation_loss_hook(cfg: DictConfig, model) -> Optional[Validati
     mapper_cfg = OmegaConf.to_container(test.mapper, resolve=True)
     mapper_cfg["is_train"] = True
     batch_size = cfg.dataloader.train.get("total_batch_size", comm.get_world_size())
+    # in the model's classes (class_agnostic / class_union remap the test set's ids)
+    names = _split_names(cfg, "test")
+    id_map = _train_classes(cfg).id_maps.get(names[0]) if len(names) == 1 else None
     loader = build_validation_loss_loader(
-        instantiate(test.dataset),
+        remap_dataset_dicts(instantiate(test.dataset), id_map),
         instantiate(mapper_cfg),
         max_images,
         batch_size=max(batch_size // comm.get_world_size(), 1),

@@ -10,17 +10,33 @@ from unittest import mock
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
+    build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.engine import DefaultTrainer, create_ddp_model, hooks
 from detectron2.engine import defaults as d2_defaults
 
-from ..data import MultiMaskDatasetMapper, check_mask_names, check_same_classes
+from ..data import MultiMaskDatasetMapper
+from ..data.build import (
+    RemappedClassesEvaluator,
+    cfg_train_classes,
+    check_train_mask_names,
+    check_weights,
+    dataset_weights_sampler,
+    multi_dataset_dicts,
+    remap_given_classes,
+)
 from ..evaluation import MultiMaskCOCOEvaluator, attach_given_boxes
+from ..evaluation.given_boxes import GIVEN_INSTANCES
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import build_validation_loss_hook
 from .launch import ddp_device_ids
-from .resume import ResumeStateHook, build_resumable_train_loader, preserve_rng_states
+from .resume import (
+    ResumeStateHook,
+    build_resumable_train_loader,
+    preserve_rng_states,
+    resumable_train_loader,
+)
 
 __all__ = ["MultiMaskTrainer", "amp_enabled", "ddp_kwargs", "check_datasets", "check_num_classes"]
 
@@ -39,26 +55,54 @@ def ddp_kwargs(cfg) -> Dict:
 
 def check_datasets(cfg) -> None:
     """
-    Fail before training if a train/test dataset lacks one of the config's MASK_NAMES, or if the
-    datasets' classes differ (see ``check_same_classes``).
+    Fail before training if no training dataset has one of the config's MASK_NAMES (with several,
+    a dataset that lacks one has it not annotated) or a test dataset lacks one, if the datasets'
+    classes differ without MULTIMASK.CLASS_AGNOSTIC_TRAIN / CLASS_UNION (see
+    ``multimask.data.build.resolve_train_classes``), or if MULTIMASK.DATASET_WEIGHTS is malformed.
     """
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    check_mask_names(names, cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)
-    check_same_classes(names)
+    check_train_mask_names(
+        cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES
+    )
+    cfg_train_classes(cfg)
+    check_weights(cfg.MULTIMASK.DATASET_WEIGHTS, cfg.DATASETS.TRAIN)
+    if cfg.MULTIMASK.DATASET_WEIGHTS and cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        raise ValueError(
+            "MULTIMASK.DATASET_WEIGHTS samples with RepeatFactorTrainingSampler: it cannot be "
+            f"combined with DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r}."
+        )
 
 
 def check_num_classes(cfg) -> None:
     """
-    Fail before the first step if ``MODEL.ROI_HEADS.NUM_CLASSES`` differs from the training data's classes
-    (known once the train loader has loaded the datasets); a mismatch otherwise trains silently wrong.
+    Fail before the first step if ``MODEL.ROI_HEADS.NUM_CLASSES`` differs from the training classes
+    (known once the train loader has loaded the datasets): the datasets' list, 1 with
+    MULTIMASK.CLASS_AGNOSTIC_TRAIN, the union with CLASS_UNION. A mismatch trains silently wrong.
     """
-    for name in cfg.DATASETS.TRAIN:
-        classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-            raise ValueError(
-                f"Dataset '{name}' has {len(classes)} classes {list(classes)[:10]}... but "
-                f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; set it to {len(classes)}."
-            )
+    train = cfg_train_classes(cfg)
+    names = list(cfg.DATASETS.TRAIN)
+    known = [n for n in names if MetadataCatalog.get(n).get("thing_classes") is not None]
+    if train.mode == "same" and not known:
+        return
+    what = {
+        "same": f"Dataset '{known[0] if known else ''}' has",
+        "agnostic": f"MULTIMASK.CLASS_AGNOSTIC_TRAIN trains {names} with",
+        "union": f"MULTIMASK.CLASS_UNION of {names} has",
+    }[train.mode]
+    classes = train.classes
+    if len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ValueError(
+            f"{what} {len(classes)} classes {list(classes)[:10]}... but "
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; set it to "
+            f"{len(classes)}."
+        )
+
+
+def _multi_dataset(cfg) -> bool:
+    """Whether the train loader needs ``multi_dataset_dicts`` rather than detectron2's concat."""
+    mm = cfg.MULTIMASK
+    return len(cfg.DATASETS.TRAIN) > 1 or bool(
+        mm.CLASS_AGNOSTIC_TRAIN or mm.CLASS_UNION or mm.DATASET_WEIGHTS
+    )
 
 
 def amp_enabled(enabled: bool, device: str, key: str = "SOLVER.AMP.ENABLED") -> bool:
@@ -156,11 +200,34 @@ class MultiMaskTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         """
         detectron2's train loader with MultiMaskDatasetMapper, able to resume mid-stream; fails if
-        the loaded datasets' class count differs from the config's.
+        the loaded datasets' class count differs from the config's. Several datasets (or the
+        MULTIMASK class / weight keys) go through ``multi_dataset_dicts``: classes remapped,
+        missing mask names not annotated, sampled by MULTIMASK.DATASET_WEIGHTS.
         """
-        loader = build_resumable_train_loader(cfg, MultiMaskDatasetMapper(cfg, is_train=True))
+        mapper = MultiMaskDatasetMapper(cfg, is_train=True)
+        if not _multi_dataset(cfg):
+            loader = build_resumable_train_loader(cfg, mapper)
+            check_num_classes(cfg)
+            return loader
+        mm = cfg.MULTIMASK
+        dicts = multi_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            mask_names=cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES,
+            test_names=cfg.DATASETS.TEST,
+            class_agnostic=mm.CLASS_AGNOSTIC_TRAIN,
+            class_union=mm.CLASS_UNION,
+            weights=mm.DATASET_WEIGHTS,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        )
         check_num_classes(cfg)
-        return loader
+        sampler = None
+        if dicts.weights:
+            seed = cfg.SEED if cfg.SEED >= 0 else None
+            sampler = dataset_weights_sampler(dicts.sizes, dicts.weights, seed=seed)
+        kwargs = build_detection_train_loader.from_config(
+            cfg, mapper=mapper, dataset=dicts, sampler=sampler
+        )
+        return resumable_train_loader(**kwargs)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -174,11 +241,26 @@ class MultiMaskTrainer(DefaultTrainer):
         # as build_detection_test_loader(cfg, ...) reads them
         dicts = get_detection_dataset_dicts([dataset_name], filter_empty=False)
         dicts = attach_given_boxes(dicts, cfg.MULTIMASK.EVAL_BOXES, dataset_name)
+        # the given classes in the model's (CLASS_AGNOSTIC_TRAIN / CLASS_UNION)
+        id_map = cfg_train_classes(cfg).id_maps.get(dataset_name)
+        dicts = remap_given_classes(dicts, id_map, GIVEN_INSTANCES)
         return build_detection_test_loader(
             dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
         )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """
+        MultiMaskCOCOEvaluator; class-agnostic with MULTIMASK.CLASS_AGNOSTIC_TRAIN, and with
+        CLASS_UNION the predicted classes mapped from the union to the test set's list.
+        """
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return MultiMaskCOCOEvaluator(dataset_name, cfg=cfg, output_dir=output_folder)
+        train = cfg_train_classes(cfg)
+        agnostic = True if train.mode == "agnostic" else None  # None: CLASS_AGNOSTIC_EVAL
+        evaluator = MultiMaskCOCOEvaluator(
+            dataset_name, cfg=cfg, output_dir=output_folder, class_agnostic=agnostic
+        )
+        test_classes = list(MetadataCatalog.get(dataset_name).thing_classes)
+        if train.mode == "union" and test_classes != train.classes:
+            return RemappedClassesEvaluator(evaluator, train.classes, dataset_name)
+        return evaluator

@@ -20,6 +20,7 @@ from .cocoeval_backend import coco_eval_backend
 from .completion import completion_miou, miou_keys
 from .detection_areas import detection_areas
 from .given_boxes import GIVEN_INSTANCES, check_eval_boxes
+from .occlusion_order import evaluate_occlusion_order
 from .ground_truth import AGNOSTIC_ID, VISIBLE_FRACTION, build_ground_truth, class_agnostic
 from .occlusion import (
     OcclusionSubset,
@@ -109,6 +110,7 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         primary_mask: Optional[str] = None,
         eval_boxes: Optional[str] = None,
         class_agnostic: Optional[bool] = None,
+        order_eval: Optional[bool] = None,
     ):
         """
         Args:
@@ -143,6 +145,9 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                 ``MULTIMASK.EVAL_BOXES`` if ``cfg`` is given, else "".
             class_agnostic: score every key with one class. None: the config's
                 ``MULTIMASK.CLASS_AGNOSTIC_EVAL`` if ``cfg`` is given, else False.
+            order_eval: add the key ``order``, uoais-v2's occlusion-order accuracy (OOACC) on the
+                detections scored >= ``MULTIMASK.ORDER_SCORE_THRESHOLD`` (0.5 without ``cfg``), see
+                :mod:`.occlusion_order`. None: the config's ``MULTIMASK.ORDER_EVAL``, else False.
         """
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
@@ -219,6 +224,12 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         if class_agnostic is None:
             class_agnostic = cfg.MULTIMASK.CLASS_AGNOSTIC_EVAL if cfg is not None else False
         self._class_agnostic = bool(class_agnostic)
+        if order_eval is None:
+            order_eval = cfg.MULTIMASK.ORDER_EVAL if cfg is not None else False
+        self._order_eval = bool(order_eval)
+        self._order_score = cfg.MULTIMASK.ORDER_SCORE_THRESHOLD if cfg is not None else 0.5
+        if self._order_eval and not self._predicts_occlusion:
+            raise ValueError(f"order_eval needs the masks {self._occlusion_masks[:2]} predicted")
         self._gt = None  # built on the first evaluate(), in the main process only
         self.reset()
 
@@ -269,7 +280,7 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                 keys += list(self._mask_keys(name))
             if self._eval_boxes == "gt":
                 keys += miou_keys(self._mask_names, self._occlusion_masks[0])
-        return keys
+        return keys + (["order"] if self._order_eval else [])
 
     def _mask_keys(self, name: str) -> Dict[str, Tuple[str, ...]]:
         """The keys of mask `name`, in order, and the metrics of each (without ``AP-<class>``)."""
@@ -367,6 +378,10 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                 results.update(
                     completion_miou(self._gt, by_coco_id, self._mask_names, self._occlusion_masks)
                 )
+        if self._order_eval:
+            dicts, masks = DatasetCatalog.get(self._dataset_name), self._occlusion_masks
+            results["order"] = evaluate_occlusion_order(dicts, by_image, masks, self._order_score)
+            logger.info(f"[MultiMaskCOCOEvaluator] occlusion order: {results['order']}")
         return results
 
     def _ground_truth(self) -> Dict[str, Any]:
