@@ -3,6 +3,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
@@ -214,58 +215,61 @@ def test_vis_period_puts_the_first_annotated_roi():
     torch.testing.assert_close(vis[0, :, 14:], target.float())
 
 
-_SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero")
+_SYNCING = {
+    torch.Tensor.item: "item",
+    torch.Tensor.tolist: "tolist",
+    torch.Tensor.cpu: "cpu",
+    torch.Tensor.numpy: "numpy",
+    torch.Tensor.__bool__: "__bool__",
+    torch.Tensor.__int__: "__int__",
+    torch.Tensor.__float__: "__float__",
+    torch.Tensor.nonzero: "nonzero",
+}
 
 
-def _count_syncs(monkeypatch, *filenames: str) -> list:
+class _SyncCounter(TorchFunctionMode):
     """
-    Record the Tensor calls that wait for the device (values to the host, boolean indexing) made
-    from code in `filenames`; returns the list the names are appended to.
+    Records the Tensor calls that wait for the device (values to the host, boolean indexing) made
+    from code in `filenames`, in ``self.calls``. A TorchFunctionMode, not patched Tensor methods:
+    assigning dunders on torch.Tensor changes torch's own behaviour after they are restored (the
+    ONNX exporter then fails in ``torch.tensor([...])``).
     """
-    calls = []
 
-    def counting(name, original):
-        def wrapper(self, *args, **kwargs):
-            if sys._getframe(1).f_code.co_filename in filenames:
-                calls.append(name)
-            return original(self, *args, **kwargs)
+    def __init__(self, *filenames: str):
+        super().__init__()
+        self.filenames, self.calls = filenames, []
 
-        return wrapper
-
-    for name in _SYNCING:
-        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
-    original_getitem = torch.Tensor.__getitem__
-
-    def getitem(self, idx):
-        parts = idx if isinstance(idx, tuple) else (idx,)
-        if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
-            if sys._getframe(1).f_code.co_filename in filenames:
-                calls.append("bool index")
-        return original_getitem(self, idx)
-
-    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
-    return calls
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        caller = sys._getframe(1).f_code.co_filename
+        if caller in self.filenames:
+            if func in _SYNCING:
+                self.calls.append(_SYNCING[func])
+            elif func is torch.Tensor.__getitem__:
+                idx = args[1]
+                parts = idx if isinstance(idx, tuple) else (idx,)
+                if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+                    self.calls.append("bool index")
+        return func(*args, **(kwargs or {}))
 
 
-def test_loss_makes_one_host_transfer(monkeypatch):
-    calls = _count_syncs(monkeypatch, base_head.__file__, mask_loss.__file__)
+def test_loss_makes_one_host_transfer():
     logits, batch = _partly_annotated_batch()
-    with EventStorage():
+    with EventStorage(), _SyncCounter(base_head.__file__, mask_loss.__file__) as counter:
         multi_mask_rcnn_loss(logits, batch, NAMES3, (1.0,) * 3)
-        assert calls == ["tolist"]
-        calls.clear()
+        assert counter.calls == ["tolist"]
+        counter.calls.clear()
         _head()(_features(), [_proposals()])  # every mask annotated, through the head
-    assert calls == ["tolist"]
+    assert counter.calls == ["tolist"]
 
 
-def test_sync_counter_sees_the_per_mask_reference(monkeypatch):
+def test_sync_counter_sees_the_per_mask_reference():
     """The counter would catch the former code: several syncs per annotated mask."""
-    calls = _count_syncs(monkeypatch, __file__)
     logits, batch = _partly_annotated_batch()
-    _reference_loss(logits, batch, NAMES3, (1.0,) * 3)
+    with _SyncCounter(__file__) as counter:
+        _reference_loss(logits, batch, NAMES3, (1.0,) * 3)
     # per mask: sel.any(); per annotated mask: 2 boolean indexings and 4 .item()
-    assert sorted(set(calls)) == ["__bool__", "bool index", "item"]
-    assert len(calls) == 3 + 2 * 6
+    assert sorted(set(counter.calls)) == ["__bool__", "bool index", "item"]
+    assert len(counter.calls) == 3 + 2 * 6
 
 
 def _hidden_loss_case(annotated=None):
