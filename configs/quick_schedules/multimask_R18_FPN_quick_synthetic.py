@@ -33,9 +33,10 @@ model.roi_heads.box_predictor.input_shape.channels = 256
 model.roi_heads.box_predictor.test_topk_per_image = 20
 model.roi_heads.mask_head.mask_names = ["amodal", "visible"]
 model.roi_heads.mask_head.conv_dims = [64, 64, 64, 64, 64]
-# the YAML's head: two shared convs, a tower per mask with FC fusion (BENCHMARKS.md section 7)
-model.roi_heads.mask_head.shared_convs = 2
-model.roi_heads.mask_head.fc_fusion = ["amodal", "visible"]
+# the YAML's head: all convs shared (the towers with FC fusion: shared_convs = 2,
+# fc_fusion = ["amodal", "visible"]; BENCHMARKS.md sections 7b and 7c)
+model.roi_heads.mask_head.shared_convs = -1
+model.roi_heads.mask_head.fc_fusion = []
 model.roi_heads.mask_head.maskiou_dim = 64  # CONV_DIM, as the YAML's MaskIoU branch takes it
 
 optimizer.lr = 0.02
