@@ -15,6 +15,9 @@ train time. Several invocations with disjoint --runs / --seeds may share one --r
     python benchmarks/accuracy_tradeoff.py --seeds 1,2,3 \
         --runs towers2,towers2_flow,towers2_occluder,towers2_occluder_flow,towers2_contains,single_amodal,single_visible \
         --opts DATASETS.TEST "('multimask_synthetic_val_500',)"
+    # issue 21 (BENCHMARKS.md): each model also scored on ground-truth boxes (MULTIMASK.EVAL_BOXES gt)
+    python benchmarks/accuracy_tradeoff.py --seeds 1,2,3 --eval-gt --root /work/scratch/heads \
+        --runs joint_shared,towers2_fc2,towers2 --opts DATASETS.TEST "('multimask_synthetic_val_500',)"
 
 Every run trains with ``train_net.py --config-file <quick config> MODEL.DEVICE cpu OUTPUT_DIR
 <root>/<run> DATASETS.TEST "()"`` plus the run's overrides (no evaluation inside the training
@@ -24,6 +27,12 @@ ways: detectron2's "Total training time" (iterations, hooks, checkpoints), the w
 training process, and its CPU time (user + system, data-loader workers and start-up included), which
 depends less on other jobs sharing the machine. A finished run (eval_results.json present) is not
 run again unless --force.
+
+With --eval-gt the same weights are evaluated a second time with ``MULTIMASK.EVAL_BOXES gt`` (every
+non-crowd ground-truth object given as a box: the mask head scored without detection noise), into
+``<run>/eval_results_gt.json``; the report adds, per seed, the completion protocol's ``miou_amodal``
+and ``miou_amodal_occ`` beside the end-to-end ``segm_amodal_occ0.15`` AP, with each protocol's seed
+spread and the per-seed differences against --plain.
 """
 
 import argparse
@@ -103,6 +112,12 @@ def read_run(out_dir: str) -> dict:
         with open(results) as f:
             for task, metrics in json.load(f).items():
                 res[f"{task}/AP"] = metrics.get("AP")
+    results_gt = os.path.join(out_dir, "eval_results_gt.json")
+    if os.path.isfile(results_gt):
+        with open(results_gt) as f:
+            for task, metrics in json.load(f).items():
+                value = metrics.get("mIoU", metrics.get("AP"))
+                res[f"gt:{task}"] = value
     log = os.path.join(out_dir, "log.txt")
     if os.path.isfile(log):
         with open(log) as f:
@@ -157,8 +172,11 @@ def borrow_weights(name: str, args) -> None:
             shutil.copyfile(os.path.join(src, f), os.path.join(out_dir, f))
 
 
-def evaluate(name: str, args) -> None:
-    """Evaluate the run's final weights on cfg.DATASETS.TEST with multimask's do_test."""
+def evaluate(name: str, args, gt_boxes: bool = False) -> None:
+    """
+    Evaluate the run's final weights on cfg.DATASETS.TEST with multimask's do_test; with `gt_boxes`
+    on the ground-truth boxes (MULTIMASK.EVAL_BOXES gt), into eval_results_gt.json.
+    """
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
@@ -167,14 +185,19 @@ def evaluate(name: str, args) -> None:
     from multimask.engine import do_test
 
     out_dir = os.path.join(args.root, name)
-    cfg = get_multimask_cfg(os.path.join(REPO_ROOT, CONFIG), overrides(name, args.opts))
-    cfg.OUTPUT_DIR = out_dir
+    extra = ["MULTIMASK.EVAL_BOXES", "gt"] if gt_boxes else []
+    cfg = get_multimask_cfg(os.path.join(REPO_ROOT, CONFIG), overrides(name, args.opts) + extra)
+    # the gt evaluation writes its predictions apart from the end-to-end one's
+    cfg.OUTPUT_DIR = os.path.join(out_dir, "eval_gt") if gt_boxes else out_dir
     cfg.freeze()
     model = build_model(cfg)
     DetectionCheckpointer(model).load(os.path.join(out_dir, "model_final.pth"))
+    t0 = time.perf_counter()
     results = do_test(cfg, model)
-    with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
+    results_file = "eval_results_gt.json" if gt_boxes else "eval_results.json"
+    with open(os.path.join(out_dir, results_file), "w") as f:
         json.dump(results, f, indent=1)
+    print(f"[{name}] {results_file} in {time.perf_counter() - t0:.0f} s", flush=True)
     print(f"[{name}] done: {read_run(out_dir)} (load {os.getloadavg()[0]:.2f})", flush=True)
 
 
@@ -243,6 +266,7 @@ def report(root: str, names, seeds, plain: str = "towers2") -> None:
                 cpu += " (inference only)"
             cells = [delta(n, plain, k) for _, k in DELTAS]
             print(f"| {n} | " + " | ".join(cells) + f" | {cpu} |")
+    report_gt(per_seed, names, seeds, plain)
     for pair in SINGLES:
         if not all(n in names for n in pair):
             continue
@@ -258,6 +282,59 @@ def report(root: str, names, seeds, plain: str = "towers2") -> None:
             cpu = mean(n, "cpu_s")
             cells.append("-" if None in (cpu, *combined) else f"{cpu / sum(combined):.2f}x")
             print(f"| {n} | " + " | ".join(cells) + " |")
+
+
+# (header, key of read_run) of the ground-truth-box table (--eval-gt): two protocols side by side
+GT_COLUMNS = [
+    ("gt-box miou_amodal", "gt:miou_amodal"),
+    ("gt-box miou_amodal_occ", "gt:miou_amodal_occ"),
+    ("gt-box segm_amodal AP", "gt:segm_amodal"),
+    ("end-to-end segm_amodal_occ0.15 AP", "segm_amodal_occ0.15/AP"),
+]
+
+
+def report_gt(per_seed, names, seeds, plain: str) -> None:
+    """Per seed, mean and spread (max - min, sample std) of GT_COLUMNS; per-seed differences to `plain`."""
+    if not any(r.get("gt:miou_amodal") is not None for n in names for r in per_seed[n]):
+        return
+    import statistics
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    print(f"\nground-truth boxes (MULTIMASK.EVAL_BOXES gt) beside end to end, seeds "
+          f"{', '.join(map(str, seeds))}: per seed; mean; spread max-min / std\n")
+    print("| run | " + " | ".join(h for h, _ in GT_COLUMNS) + " |\n|" + "---|" * (len(GT_COLUMNS) + 1))
+    for n in names:
+        cells = []
+        for _, k in GT_COLUMNS:
+            vals = [r.get(k) for r in per_seed[n]]
+            done = [v for v in vals if v is not None]
+            cell = ", ".join(fmt(v) for v in vals)
+            if done:
+                cell += f"; mean {sum(done) / len(done):.1f}"
+            if len(done) > 1:
+                cell += f"; {max(done) - min(done):.1f} / {statistics.stdev(done):.1f}"
+            cells.append(cell)
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    if plain not in names:
+        return
+    print(f"\nagainst {plain}: difference, mean (per seed)\n")
+    print("| run | " + " | ".join(h for h, _ in GT_COLUMNS) + " |\n|" + "---|" * (len(GT_COLUMNS) + 1))
+    for n in names:
+        if n == plain:
+            continue
+        cells = []
+        for _, k in GT_COLUMNS:
+            d = [
+                a.get(k) - b.get(k)
+                for a, b in zip(per_seed[n], per_seed[plain])
+                if a.get(k) is not None and b.get(k) is not None
+            ]
+            cells.append(
+                "-" if not d else f"{sum(d) / len(d):+.1f} (" + ", ".join(f"{v:+.1f}" for v in d) + ")"
+            )
+        print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 def main():
@@ -282,6 +359,11 @@ def main():
         help="torch threads of each training (0: torch's default). 1 keeps CPU time comparable on "
         "a shared machine, where waiting threads of a multi-threaded run spin (counted as CPU)",
     )
+    parser.add_argument(
+        "--eval-gt",
+        action="store_true",
+        help="also evaluate every run with MULTIMASK.EVAL_BOXES gt (eval_results_gt.json)",
+    )
     parser.add_argument("--plain", default="towers2", help="the run the others are compared with")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
     args = parser.parse_args()
@@ -298,13 +380,20 @@ def main():
             os.makedirs(run_args.root, exist_ok=True)
             for n in names:
                 out_dir = os.path.join(run_args.root, n)
-                if not args.force and os.path.isfile(os.path.join(out_dir, "eval_results.json")):
+                done = os.path.isfile(os.path.join(out_dir, "eval_results.json"))
+                done_gt = os.path.isfile(os.path.join(out_dir, "eval_results_gt.json"))
+                if not args.force and done and (done_gt or not args.eval_gt):
                     continue
-                if n in WEIGHTS_FROM:
-                    borrow_weights(n, run_args)
-                elif args.force or not os.path.isfile(os.path.join(out_dir, "model_final.pth")):
-                    train(n, run_args)
-                evaluate(n, run_args)
+                if args.force or not done:
+                    if n in WEIGHTS_FROM:
+                        borrow_weights(n, run_args)
+                    elif args.force or not os.path.isfile(
+                        os.path.join(out_dir, "model_final.pth")
+                    ):
+                        train(n, run_args)
+                    evaluate(n, run_args)
+                if args.eval_gt and (args.force or not done_gt):
+                    evaluate(n, run_args, gt_boxes=True)
     report(args.root, names, seeds, args.plain)
 
 
