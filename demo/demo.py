@@ -16,7 +16,6 @@ an opencv with a GUI (not opencv-python-headless) and a display.
 """
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -40,7 +39,7 @@ from multimask.utils.labelme_export import (  # noqa: E402
     instances_to_labelme,
 )
 from multimask.utils.results_json import instances_to_coco_json  # noqa: E402
-from multimask_deploy.demo import labelme_paths  # noqa: E402
+from multimask_deploy.demo import expand_inputs, labelme_paths  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from predictor import VisualizationDemo  # noqa: E402
@@ -140,17 +139,6 @@ def get_parser():
 
 def _is_dir_output(output: str, num_inputs: int) -> bool:
     return os.path.isdir(output) or output.endswith(os.sep) or num_inputs > 1
-
-
-def _expand_inputs(inputs):
-    if len(inputs) == 1 and not os.path.exists(inputs[0]):
-        inputs = sorted(glob.glob(os.path.expanduser(inputs[0])))
-    if not inputs:
-        raise FileNotFoundError("--input matched no file")
-    missing = [p for p in inputs if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"--input files not found: {missing}")
-    return inputs
 
 
 def _dataset_ids(metadata):
@@ -265,7 +253,7 @@ def _given(demo, args, records, image, path):
 
 def run_images(demo, args, logger, records=None):
     """Predict (and draw) every --input image; append its results to `records` unless None."""
-    paths = _expand_inputs(args.input)
+    paths = expand_inputs(args.input)
     boxes = load_boxes(args.boxes, paths, args.boxes_dataset) if args.boxes else None
     as_dir = args.output and _is_dir_output(args.output, len(paths))
     if as_dir:

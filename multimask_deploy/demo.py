@@ -42,7 +42,8 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _expand_inputs(inputs: List[str]) -> List[str]:
+def expand_inputs(inputs: List[str]) -> List[str]:
+    """--input: files, or one glob pattern; every file must exist."""
     if len(inputs) == 1 and not os.path.exists(inputs[0]):
         inputs = sorted(glob.glob(os.path.expanduser(inputs[0])))
     if not inputs:
@@ -87,7 +88,7 @@ def main(argv: Optional[List[str]] = None) -> list:
             f"--masks {unknown} not predicted by this model, whose mask names are "
             f"{predictor.mask_names}"
         )
-    paths = _expand_inputs(args.input)
+    paths = expand_inputs(args.input)
     as_dir = args.output and (
         os.path.isdir(args.output) or args.output.endswith(os.sep) or len(paths) > 1
     )
