@@ -134,6 +134,11 @@ def add_multimask_config(cfg: CN) -> None:
     # Detections scored below this are left out of ORDER_EVAL, as uoais-v2's evaluation runs its
     # predictor with ROI_HEADS.SCORE_THRESH_TEST 0.5.
     _C.MULTIMASK.ORDER_SCORE_THRESHOLD = 0.5
+    # The ground-truth order of ORDER_EVAL: "auto" = the dataset's own pairwise order where an
+    # image has one (COCOA's depth_constraint, SynTable's order matrices, an `occludes` key: see
+    # multimask/data/datasets/order_field.py), else built from the masks as uoais-v2 does;
+    # "masks" = from the masks everywhere (uoais-v2's numbers, also on SynTable).
+    _C.MULTIMASK.ORDER_GT = "auto"
     # Python modules imported before the model and datasets are built (by train_net.py, or by
     # get_multimask_cfg), e.g. ["my_pkg.heads"]: they register heads, ROI heads or datasets that the config
     # then selects by name. A module's optional `add_config(cfg)` is called before the YAML is merged.

@@ -182,7 +182,8 @@ def test_cocoa_original_regions(tmp_path):
             "order": 1,
         },
     ]
-    anns = [{"id": 10, "image_id": 1, "size": 2, "depth_constraint": "1-2", "regions": regions}]
+    # region 2 (the person, order 1) in front of region 1 (deocclusion's get_gt_ordering reading)
+    anns = [{"id": 10, "image_id": 1, "size": 2, "depth_constraint": "2-1", "regions": regions}]
     json_file, image_root = write(tmp_path, {"images": IMAGES, "annotations": anns})
     name = f"test_cocoa_{uuid.uuid4().hex}"
     dicts = load_amodal_json(json_file, image_root, "cocoa", name)
@@ -190,6 +191,15 @@ def test_cocoa_original_regions(tmp_path):
     car, person = dicts[0]["annotations"]
     assert (car["occlude_rate"], car["order"], person["order"]) == (0.5, 2, 1)
     assert MetadataCatalog.get(name).thing_classes == ["object"]
+    # the ground-truth occlusion order: annotation 1 (the person) occludes annotation 0
+    assert dicts[0]["occlusion_order"] == [[1, 0]]
+    anns[0]["depth_constraint"] = "2-3"
+    json_file, image_root = write(tmp_path, {"images": IMAGES, "annotations": anns})
+    with pytest.raises(ValueError, match=r"annotation id 10 \(image id 1\).*'2-3'.*1\.\.2"):
+        load_amodal_json(json_file, image_root, "cocoa")
+    anns[0]["depth_constraint"] = ""  # an image without occlusion: an order with no pair
+    json_file, image_root = write(tmp_path, {"images": IMAGES, "annotations": anns})
+    assert load_amodal_json(json_file, image_root, "cocoa")[0]["occlusion_order"] == []
     regions[0]["segmentation"] = "not a polygon"
     json_file, image_root = write(tmp_path, {"images": IMAGES, "annotations": anns})
     with pytest.raises(

@@ -1,5 +1,6 @@
 """UOAIS-Sim / SynTable reader (format ``uoais``) on a file in UOAIS's released layout."""
 
+import os
 import uuid
 
 import numpy as np
@@ -121,3 +122,29 @@ def test_uoais_builtin_names_use_the_released_paths():
     assert BUILTIN_AMODAL_LAYOUT_SPLITS["syntable_val"][2] == "syntable/validation/uoais_val.json"
     meta = MetadataCatalog.get("uoais_sim_val")
     assert meta.amodal_format == "uoais" and meta.mask_names == ["amodal", "visible", "occluded"]
+
+
+def test_syntable_occlusion_order_matrix(tmp_path):
+    # SynTable's images name the scene's occlusion-order matrix (row / column i: the image's
+    # i-th annotation in file order; A[i, j] = 1: i occludes j), relative to the dataset root
+    images = [dict(IMAGES[0], occlusion_order_file_name="occlusion_order/1.npy")]
+    json_file, image_root = write_dataset(
+        tmp_path, uoais_anns(), images=images, categories=[{"id": 1, "name": "object"}]
+    )
+    os.makedirs(os.path.join(image_root, "occlusion_order"))
+    npy = os.path.join(image_root, "occlusion_order", "1.npy")
+    np.save(npy, np.array([[0.0, 0.0], [1.0, 0.0]]))
+    (d,) = load_amodal_json(json_file, image_root, "uoais")
+    assert d["occlusion_order"] == [[1, 0]]  # annotation 12 occludes annotation 11
+    np.save(npy, np.zeros((3, 3)))
+    match = r"image id 1 \(1.png\).*1.npy has shape \(3, 3\).*2 annotations"
+    with pytest.raises(ValueError, match=match):
+        load_amodal_json(json_file, image_root, "uoais")
+    os.remove(npy)
+    with pytest.raises(FileNotFoundError, match=r"image id 1 .*occlusion order file .*1.npy"):
+        load_amodal_json(json_file, image_root, "uoais")
+    # UOAIS-Sim names no matrix: no stated order
+    json_file, image_root = write_dataset(
+        tmp_path, uoais_anns(), images=IMAGES, categories=[{"id": 1, "name": "object"}]
+    )
+    assert "occlusion_order" not in load_amodal_json(json_file, image_root, "uoais")[0]

@@ -20,7 +20,7 @@ from .cocoeval_backend import coco_eval_backend
 from .completion import completion_miou, miou_keys
 from .detection_areas import detection_areas
 from .given_boxes import GIVEN_INSTANCES, check_eval_boxes
-from .occlusion_order import evaluate_occlusion_order
+from .occlusion_order import check_order_gt, evaluate_occlusion_order
 from .ground_truth import AGNOSTIC_ID, VISIBLE_FRACTION, build_ground_truth, class_agnostic
 from .occlusion import (
     OcclusionSubset,
@@ -111,6 +111,7 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
         eval_boxes: Optional[str] = None,
         class_agnostic: Optional[bool] = None,
         order_eval: Optional[bool] = None,
+        order_gt: Optional[str] = None,
     ):
         """
         Args:
@@ -145,9 +146,9 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                 ``MULTIMASK.EVAL_BOXES`` if ``cfg`` is given, else "".
             class_agnostic: score every key with one class. None: the config's
                 ``MULTIMASK.CLASS_AGNOSTIC_EVAL`` if ``cfg`` is given, else False.
-            order_eval: add the key ``order``, uoais-v2's occlusion-order accuracy (OOACC) on the
-                detections scored >= ``MULTIMASK.ORDER_SCORE_THRESHOLD`` (0.5 without ``cfg``), see
-                :mod:`.occlusion_order`. None: the config's ``MULTIMASK.ORDER_EVAL``, else False.
+            order_eval, order_gt: add the key ``order``, uoais-v2's occlusion-order accuracy
+                (:mod:`.occlusion_order`), its ground truth "auto" or "masks". None: the config's
+                ``MULTIMASK.ORDER_EVAL`` / ``ORDER_GT``, else False / "auto".
         """
         self._dataset_name = dataset_name
         self._metadata = MetadataCatalog.get(dataset_name)
@@ -228,6 +229,9 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
             order_eval = cfg.MULTIMASK.ORDER_EVAL if cfg is not None else False
         self._order_eval = bool(order_eval)
         self._order_score = cfg.MULTIMASK.ORDER_SCORE_THRESHOLD if cfg is not None else 0.5
+        if order_gt is None:
+            order_gt = cfg.MULTIMASK.ORDER_GT if cfg is not None else "auto"
+        self._order_gt = check_order_gt(order_gt)
         if self._order_eval and not self._predicts_occlusion:
             raise ValueError(f"order_eval needs the masks {self._occlusion_masks[:2]} predicted")
         self._gt = None  # built on the first evaluate(), in the main process only
@@ -380,7 +384,9 @@ class MultiMaskCOCOEvaluator(DatasetEvaluator):
                 )
         if self._order_eval:
             dicts, masks = DatasetCatalog.get(self._dataset_name), self._occlusion_masks
-            results["order"] = evaluate_occlusion_order(dicts, by_image, masks, self._order_score)
+            results["order"] = evaluate_occlusion_order(
+                dicts, by_image, masks, self._order_score, self._order_gt
+            )
             logger.info(f"[MultiMaskCOCOEvaluator] occlusion order: {results['order']}")
         return results
 

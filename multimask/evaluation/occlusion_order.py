@@ -21,6 +21,12 @@ Per image, with n ground-truth objects:
 
 OOACC = 100 * correct / pairs over all images (unmatched predictions cost nothing).
 
+The ground-truth OOAM comes from the dataset's own pairwise order where the image has one
+(``occlusion_order`` in its dataset dict, read from COCOA's ``depth_constraint``, SynTable's order
+matrices or an ``occludes`` key: :mod:`multimask.data.datasets.order_field`), with ``order_gt``
+"auto" (``MULTIMASK.ORDER_GT``); from the masks as above for every other image, and for all images
+with "masks" (what uoais-v2 computes, also on SynTable).
+
 Where multimask differs, on purpose: uoais-v2 builds its ground truth from OSD's files, where the
 "visible mask" of object i is the whole visible id map with i's label set to 1 (every object's
 pixels non-zero: a copy that was meant to be a binary mask) and the list of occluded masks holds
@@ -38,20 +44,35 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from pycocotools import mask as mask_util
 
+from ..data.datasets.order_field import IMAGE_ORDER_KEY
 from ..structures import segmentation_to_bitmask
 
 __all__ = [
+    "ORDER_GT_SOURCES",
     "ORDER_IOU_THRESHOLD",
+    "check_order_gt",
     "evaluate_occlusion_order",
     "hungarian_assignment",
     "image_order_counts",
     "occlusion_order_matrix",
+    "stated_order_matrix",
 ]
 
 logger = logging.getLogger(__name__)
 
 # uoais-v2's generate_ooam(..., iou_threshold=0.1): i occludes j when the IoU is above it
 ORDER_IOU_THRESHOLD = 0.1
+# where the ground-truth order comes from (MULTIMASK.ORDER_GT)
+ORDER_GT_SOURCES = ("auto", "masks")
+
+
+def check_order_gt(order_gt: str) -> str:
+    """`order_gt` if it is one of ORDER_GT_SOURCES, else a ValueError naming the option."""
+    if order_gt not in ORDER_GT_SOURCES:
+        raise ValueError(
+            f"MULTIMASK.ORDER_GT (order_gt) must be one of {ORDER_GT_SOURCES}, got {order_gt!r}"
+        )
+    return order_gt
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -151,6 +172,7 @@ def image_order_counts(
     gt_occluded: Sequence[np.ndarray],
     pred_whole: Sequence[np.ndarray],
     pred_visible: Sequence[np.ndarray],
+    gt_ooam: Optional[np.ndarray] = None,
 ) -> Tuple[int, int, int]:
     """
     uoais-v2's OOAM counts of one image.
@@ -158,6 +180,8 @@ def image_order_counts(
     Args:
         gt_whole, gt_visible, gt_occluded: the n ground-truth objects' (H, W) bool masks.
         pred_whole, pred_visible: the m kept predictions' (H, W) bool masks.
+        gt_ooam: the ground-truth (n, n) OOAM stated by the dataset (1 on the diagonal); None =
+            built from `gt_visible` and `gt_occluded`.
 
     Returns:
         (correct, pairs, matched): agreeing off-diagonal entries, n * n - n, matched objects.
@@ -165,7 +189,8 @@ def image_order_counts(
     n = len(gt_whole)
     if n == 0:
         return 0, 0, 0
-    gt_ooam = occlusion_order_matrix(gt_visible, gt_occluded)
+    if gt_ooam is None:
+        gt_ooam = occlusion_order_matrix(gt_visible, gt_occluded)
     pairs = hungarian_assignment(_f_measures(gt_whole, pred_whole))
     empty = np.zeros_like(gt_whole[0])
     vis, occ = [empty] * n, [empty] * n
@@ -180,14 +205,19 @@ def image_order_counts(
 
 def _gt_masks(
     d: Mapping[str, Any], whole: str, visible: str, occluded: Optional[str]
-) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
-    """The whole, visible and occluded masks of an image's objects that have whole and visible."""
+) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray], List[int]]:
+    """
+    The whole, visible and occluded masks of an image's objects that have whole and visible, and
+    those objects' positions in its annotations.
+    """
     h, w = int(d["height"]), int(d["width"])
     out: Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]] = ([], [], [])
-    for a in d.get("annotations", []):
+    kept = []
+    for k, a in enumerate(d.get("annotations", [])):
         masks = a.get("multimask", {})
         if a.get("iscrowd", 0) or masks.get(whole) is None or masks.get(visible) is None:
             continue
+        kept.append(k)
         wm = segmentation_to_bitmask(masks[whole], h, w).astype(bool)
         vm = segmentation_to_bitmask(masks[visible], h, w).astype(bool)
         if occluded is not None and masks.get(occluded) is not None:
@@ -196,7 +226,23 @@ def _gt_masks(
             om = wm & ~vm
         for lst, m in zip(out, (wm, vm, om)):
             lst.append(m)
-    return out
+    return (*out, kept)
+
+
+def stated_order_matrix(d: Mapping[str, Any], kept: Sequence[int]) -> Optional[np.ndarray]:
+    """
+    The OOAM of the annotations at positions `kept` from the image's ``occlusion_order`` (pairs
+    [i, j] of annotation positions, i occludes j); None when the image has none.
+    """
+    pairs = d.get(IMAGE_ORDER_KEY)
+    if pairs is None:
+        return None
+    index = {k: n for n, k in enumerate(kept)}
+    ooam = np.eye(len(kept))
+    for i, j in pairs:
+        if i in index and j in index:
+            ooam[index[i], index[j]] = 1
+    return ooam
 
 
 def evaluate_occlusion_order(
@@ -204,6 +250,7 @@ def evaluate_occlusion_order(
     predictions: Mapping[Any, Sequence[Mapping[str, Any]]],
     occlusion_masks: Sequence[str],
     score_threshold: float = 0.5,
+    order_gt: str = "auto",
 ) -> Dict[str, float]:
     """
     OOACC over the images of `predictions`.
@@ -214,23 +261,34 @@ def evaluate_occlusion_order(
             (``score``, ``multimask`` name -> RLE at image size).
         occlusion_masks: [whole, visible] or [whole, visible, occluded] mask names.
         score_threshold: predictions scored below it are left out.
+        order_gt: "auto": the dataset's stated order where an image has one, else the masks';
+            "masks": the masks' everywhere (uoais-v2).
 
     Returns:
         {"OOACC": percent (NaN without any pair), "correct", "pairs", "matched", "instances",
-        "images"}.
+        "images", "images_stated_order" (images whose ground truth is the dataset's order)}.
     """
+    check_order_gt(order_gt)
     whole, visible = occlusion_masks[0], occlusion_masks[1]
     occluded = occlusion_masks[2] if len(occlusion_masks) > 2 else None
     by_id = {d["image_id"]: d for d in dicts}
-    correct = pairs = matched = instances = 0
+    correct = pairs = matched = instances = stated = 0
     for image_id, insts in predictions.items():
-        gt_whole, gt_visible, gt_occluded = _gt_masks(by_id[image_id], whole, visible, occluded)
+        d = by_id[image_id]
+        gt_whole, gt_visible, gt_occluded, kept_gt = _gt_masks(d, whole, visible, occluded)
+        gt_ooam = stated_order_matrix(d, kept_gt) if order_gt == "auto" else None
+        stated += gt_ooam is not None
         kept = [p for p in insts if p["score"] >= score_threshold]
         pw = [mask_util.decode(p["multimask"][whole]).astype(bool) for p in kept]
         pv = [mask_util.decode(p["multimask"][visible]).astype(bool) for p in kept]
         nonempty = [k for k, m in enumerate(pw) if m.any()]
         c, t, k = image_order_counts(
-            gt_whole, gt_visible, gt_occluded, [pw[i] for i in nonempty], [pv[i] for i in nonempty]
+            gt_whole,
+            gt_visible,
+            gt_occluded,
+            [pw[i] for i in nonempty],
+            [pv[i] for i in nonempty],
+            gt_ooam,
         )
         correct, pairs, matched, instances = (
             correct + c,
@@ -247,4 +305,5 @@ def evaluate_occlusion_order(
         "matched": float(matched),
         "instances": float(instances),
         "images": float(len(predictions)),
+        "images_stated_order": float(stated),
     }

@@ -12,7 +12,8 @@ directly from the released JSON files (no conversion step):
   categories (``KINS_2019_CATEGORIES``: ids 1, 2, 4-8; no ``rider``).
 - ``cocoa``: COCOA as released (``COCO_amodal_train2014.json``): one annotation per image with a
   ``regions`` list; each region has a flat amodal polygon ``segmentation``, ``visible_mask`` /
-  ``invisible_mask`` RLE only when occluded, ``occlude_rate``, ``order`` and a free-form ``name``.
+  ``invisible_mask`` RLE only when occluded, ``occlude_rate``, ``order`` and a free-form ``name``;
+  the annotation's ``depth_constraint`` is the ground-truth occlusion order (:mod:`.order_field`).
   COCOA has no categories: every region is one class, ``object``.
 - ``cocoa_cls``: COCOA flattened with COCO classes (COCOA-cls, ``COCO_amodal_*_with_classes.json``):
   one annotation per object with ``segmentation``, ``visible_mask``, ``invisible_mask``,
@@ -64,6 +65,7 @@ from .amodal_synth_drive import (
 from .coco import dataset_metadata, multimask_dicts_from_coco, read_json
 from .mask_fields import MaskFields
 from .mp3d_amodal import read_mp3d_amodal
+from .order_field import ORDER_KEY, cocoa_depth_constraint
 from .osd_amodal import OSD_CATEGORIES, OSD_MASK_FIELDS, read_osd_amodal
 from .uoais import UOAIS_MASK_FIELDS, read_uoais_json
 from .walt import WALT_MASK_FIELDS, read_walt_json
@@ -272,7 +274,8 @@ def flatten_cocoa_regions(coco: Mapping[str, Any], json_file: str) -> Dict[str, 
 
     Returns:
         dict: a COCO-style dict; each annotation's ``id`` is "<annotation id> region <index>", so
-        that errors name the region.
+        that errors name the region; the annotation's ``depth_constraint`` becomes each region's
+        ``occludes`` (:mod:`.order_field`).
     """
     anns = coco.get("annotations") if isinstance(coco, Mapping) else None
     if not isinstance(anns, list):
@@ -287,19 +290,18 @@ def flatten_cocoa_regions(coco: Mapping[str, Any], json_file: str) -> Dict[str, 
                 f"{json_file}: annotation id {ann.get('id')} has no 'regions' list: not the "
                 "original COCOA layout (use format 'cocoa_cls' for one annotation per object)"
             )
+        where = f"{json_file}: annotation id {ann.get('id')} (image id {ann.get('image_id')})"
+        occludes = cocoa_depth_constraint(ann.get("depth_constraint"), len(regions), where)
+        ids = [f"{ann.get('id')} region {i}" for i in range(len(regions))]
         for i, region in enumerate(regions):
             if not isinstance(region, dict):
                 raise ValueError(
                     f"{json_file}: annotation id {ann.get('id')} region {i} is not a dict"
                 )
-            flat.append(
-                dict(
-                    region,
-                    id=f"{ann.get('id')} region {i}",
-                    image_id=ann.get("image_id"),
-                    category_id=1,
-                )
-            )
+            record = dict(region, id=ids[i], image_id=ann.get("image_id"), category_id=1)
+            if "depth_constraint" in ann:
+                record[ORDER_KEY] = [ids[j] for j in occludes[i]]
+            flat.append(record)
     return {"images": coco.get("images"), "annotations": flat, "categories": COCOA_CATEGORIES}
 
 

@@ -35,6 +35,9 @@ Each annotation of the resulting standard dataset dict has ``bbox`` (XYWH_ABS, r
 ``bbox_field``, or computed from the primary mask when that key is absent), ``category_id``
 (contiguous), ``iscrowd``, ``multimask`` (dict mask name -> polygons / RLE dict / None),
 ``segmentation`` when the primary mask is annotated, and ``occlude_rate`` when the JSON has it.
+An annotation may state which annotations of its image it occludes (``occludes``: their ids; see
+:mod:`.order_field`): the image's dict then has ``occlusion_order``, the ground truth of
+``MULTIMASK.ORDER_EVAL``.
 Malformed input raises ValueError (or FileNotFoundError) naming the file and the image / annotation
 id; polygons with fewer than 3 points or an odd number of coordinates are dropped with a count in
 the log, as detectron2 drops them (``multimask.structures.segmentation.is_valid_polygon``). A
@@ -56,6 +59,7 @@ from detectron2.utils.file_io import PathManager
 
 from ...structures import segmentation_to_rle
 from .mask_fields import MaskFields
+from .order_field import ORDER_KEY, OrderCollector
 
 __all__ = [
     "load_multimask_coco_json",
@@ -259,6 +263,9 @@ def multimask_dicts_from_coco(
     num_dropped_polygons = num_dropped_instances = num_instances = 0
     keys_seen = set()  # every annotation key of the file, to spot mapping keys that never occur
     annotations = _check_list(coco, "annotations", json_file)
+    # the dataset's own occlusion order (order_field.py), when its annotations state one
+    has_order = any(ORDER_KEY in a for a in annotations if isinstance(a, dict))
+    order = OrderCollector(json_file) if has_order else None
     for ann in annotations:
         if not isinstance(ann, dict):
             raise ValueError(f"{json_file}: annotation {ann!r} is not a dict")
@@ -281,6 +288,8 @@ def multimask_dicts_from_coco(
         if all(m is None for m in masks.values()):
             # every mask missing or degenerate: nothing to learn from (detectron2 skips these too)
             num_dropped_instances += 1
+            if order is not None:
+                order.add(ann, None)
             continue
         obj = {
             "bbox": _bbox(ann, bbox_field, masks[primary_name], h, w, where),
@@ -296,6 +305,8 @@ def multimask_dicts_from_coco(
         for key in (*extra_annotation_keys, *(k for k in (depth_key, cluster_key) if k)):
             if key in ann:
                 obj[key] = ann[key]
+        if order is not None:
+            order.add(ann, len(record["annotations"]))
         record["annotations"].append(obj)
         num_instances += 1
 
@@ -313,6 +324,9 @@ def multimask_dicts_from_coco(
             f"{users}: those masks are not annotated (or take their 'or' fallback) everywhere. "
             f"Is the mapping right? The annotations' keys are {sorted(keys_seen)}."
         )
+    if order is not None:
+        num = order.finish(records)
+        logger.info(f"{json_file}: the occlusion order of {num} images from '{ORDER_KEY}'")
     dicts = list(records.values())
     if fields.occluder_names:
         for record in dicts:

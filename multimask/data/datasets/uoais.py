@@ -11,12 +11,16 @@ reader keeps the file's own ``categories`` (one ``object`` class in UOAIS-Sim) i
 The rate is written to the dataset dicts as ``occlude_rate``, the key the occluded-subset
 evaluation reads, so the rate the file states is used rather than one recomputed from the masks.
 SynTable's annotation files (``uoais_train.json``, ``annotation_final.json``) have this layout
-(uoais-v2 registers them with the same loader).
+(uoais-v2 registers them with the same loader); their images also name an
+``occlusion_order_file_name``, the scene's occlusion-order matrix (``.npy`` under the dataset root),
+which becomes the ground-truth order of ``MULTIMASK.ORDER_EVAL`` (:mod:`.order_field`). uoais-v2's
+own OOACC builds its ground truth from the masks instead (``MULTIMASK.ORDER_GT "masks"``).
 """
 
 from typing import Any, Dict, Mapping
 
 from .coco import read_json
+from .order_field import syntable_order
 
 __all__ = ["UOAIS_MASK_FIELDS", "read_uoais_json"]
 
@@ -33,13 +37,14 @@ def read_uoais_json(json_file: str, image_root: str) -> Dict[str, Any]:
 
     Args:
         json_file: e.g. ``UOAIS-Sim/annotations/coco_anns_uoais_sim_train.json``.
-        image_root: the image directory (unused here: file names are resolved by the loader).
+        image_root: the image directory, which SynTable's ``occlusion_order_file_name`` paths
+            are relative to, like its image file names.
 
     Returns:
         dict: the file's content, each annotation's ``occluded_rate`` renamed ``occlude_rate``
-        (checked to lie in [0, 1] by the loader, which names the annotation otherwise).
+        (checked to lie in [0, 1] by the loader, which names the annotation otherwise), and
+        ``occludes`` from the images' order matrices.
     """
-    del image_root
     coco = read_json(json_file)
     anns = coco.get("annotations") if isinstance(coco, Mapping) else None
     if not isinstance(anns, list):
@@ -52,4 +57,5 @@ def read_uoais_json(json_file: str, image_root: str) -> Dict[str, Any]:
                     "'occlude_rate': which one is the occlusion rate?"
                 )
             ann["occlude_rate"] = ann.pop("occluded_rate")
+    syntable_order(coco, json_file, image_root)
     return coco
