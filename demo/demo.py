@@ -32,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers the model, its heads and the builtin datasets)
 from multimask.config import fall_back_to_cpu, get_multimask_cfg  # noqa: E402
+from multimask.data.model_classes import dataset_ids, model_class_ids  # noqa: E402
 from multimask.evaluation.given_boxes import dataset_category_ids, records_to_given  # noqa: E402
 from multimask.utils.labelme_export import (  # noqa: E402
     DEFAULT_EPSILON,
@@ -141,14 +142,6 @@ def _is_dir_output(output: str, num_inputs: int) -> bool:
     return os.path.isdir(output) or output.endswith(os.sep) or num_inputs > 1
 
 
-def _dataset_ids(metadata):
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    if not mapping:
-        return None
-    inverse = {v: k for k, v in mapping.items()}
-    return [inverse[i] for i in range(len(inverse))]
-
-
 def _shows_window(args) -> bool:
     """Results are shown in a window only when no file is asked for (and always for --webcam)."""
     return bool(args.webcam) or not (args.output or args.json_output or args.labelme_output)
@@ -245,7 +238,11 @@ def _given(demo, args, records, image, path):
     """The kept records of one image as given instances (bad boxes: an error naming both files)."""
     kept = [r for r in records if r.get("score", 1.0) >= args.confidence_threshold]
     num_classes = demo.predictor.num_classes
-    category_ids = dataset_category_ids(args.boxes_dataset) if args.boxes_dataset else {}
+    category_ids = {}
+    if args.boxes_dataset:  # its ids -> its contiguous ids -> the model's (one class, the union's)
+        to_model = model_class_ids(demo.cfg, args.boxes_dataset)  # loads its classes if needed
+        category_ids = dataset_category_ids(args.boxes_dataset)
+        category_ids = {k: to_model[v] for k, v in category_ids.items() if v in to_model}
     category_ids = category_ids or {i: i for i in range(num_classes)}
     where = f"--boxes {args.boxes}, image {path}: "
     return records_to_given(kept, image.shape[:2], category_ids, num_classes, where)
@@ -276,7 +273,7 @@ def run_images(demo, args, logger, records=None):
                 idx,
                 demo.pred_mask_names,
                 file_name=path,
-                dataset_ids=_dataset_ids(demo.metadata),
+                dataset_ids=dataset_ids(demo.metadata),
             )
         if json_paths:
             instances_to_labelme(
@@ -328,13 +325,13 @@ def run_video(demo, args, logger, records=None):
         if os.path.isdir(out) or out.endswith(os.sep):
             PathManager.mkdirs(out)
             out = os.path.join(out, os.path.splitext(os.path.basename(source))[0] + ".mp4")
-    dataset_ids = _dataset_ids(demo.metadata)
+    ids = dataset_ids(demo.metadata)
     show = _shows_window(args)
     frames = demo.run_on_video(video, draw=bool(out) or show)
     for idx, (predictions, drawing) in enumerate(tqdm.tqdm(frames)):
         if records is not None:
             records += instances_to_coco_json(
-                predictions, idx, demo.pred_mask_names, file_name=source, dataset_ids=dataset_ids
+                predictions, idx, demo.pred_mask_names, file_name=source, dataset_ids=ids
             )
         if out:
             if writer is None:  # panels make frames wider than the video: size from the first one

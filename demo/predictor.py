@@ -9,11 +9,11 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine.defaults import DefaultPredictor
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode
 
+from multimask.data.model_classes import model_metadata
 from multimask.engine import MultiMaskBoxPredictor
 from multimask.utils import MultiMaskVisualizer, auto_scale, draw_panels
 
@@ -51,9 +51,10 @@ class VisualizationDemo:
                 f"--masks {unknown} not predicted by this model, whose mask names are "
                 f"{self.pred_mask_names} (MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES)"
             )
-        self.metadata = _metadata_with_classes(
-            cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
-        )
+        # the model's classes: one dataset's, or "object" / the union of several datasets'
+        # (multimask/data/model_classes.py)
+        self.metadata = model_metadata(cfg)
+        self.cfg = cfg
         self.instance_mode = instance_mode
         self.panels = panels
         self.scale = scale
@@ -140,19 +141,3 @@ class VisualizationDemo:
             else:
                 yield self.predict(frame), None
 
-
-def _metadata_with_classes(name: str):
-    """
-    The metadata of dataset `name`, with ``thing_classes``: builtin datasets whose classes are only
-    in their annotation file (D2SA, COCOA-cls) set them when loaded, so the demo loads them once;
-    without the file, labels show class indices (logged).
-    """
-    metadata = MetadataCatalog.get(name)
-    if metadata.get("thing_classes") is None and name in DatasetCatalog.list():
-        try:
-            DatasetCatalog.get(name)
-        except (OSError, ValueError) as e:
-            logger.warning(
-                f"class names of {name!r} unknown (its annotations: {e}); labels show ids"
-            )
-    return metadata

@@ -483,7 +483,8 @@ def test_demo_metadata_loads_class_names_known_only_from_the_annotations(tmp_pat
     """Builtin D2SA / COCOA-cls know their classes only from their files: the demo loads them."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    predictor = _load_script("demo", "predictor.py")
+    from multimask.data.model_classes import dataset_metadata_with_classes
+
     name = f"demo_classes_{os.getpid()}"
 
     def load():
@@ -492,10 +493,8 @@ def test_demo_metadata_loads_class_names_known_only_from_the_annotations(tmp_pat
 
     DatasetCatalog.register(name, load)
     assert MetadataCatalog.get(name).get("thing_classes") is None
-    assert predictor._metadata_with_classes(name).thing_classes == ["apple", "pear"]
+    assert dataset_metadata_with_classes(name).thing_classes == ["apple", "pear"]
 
     missing = name + "_missing"
     DatasetCatalog.register(missing, lambda: json.load(open(tmp_path / "absent.json")))
-    assert (
-        predictor._metadata_with_classes(missing).get("thing_classes") is None
-    )  # logged, no crash
+    assert dataset_metadata_with_classes(missing).get("thing_classes") is None  # logged, no crash

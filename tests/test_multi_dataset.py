@@ -216,3 +216,44 @@ def test_short_training_run_on_two_datasets(datasets, tmp_path):
     assert results["order"]["instances"] > 0 and results["order"]["pairs"] > 0
     assert 0 <= results["order"]["OOACC"] <= 100
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_tools_name_the_classes_the_model_predicts(datasets):
+    """The demo, the ONNX metadata and given boxes use the union's (or "object") class ids."""
+    from multimask.data.model_classes import model_class_ids, model_metadata
+    from multimask.utils.onnx_export import spec_from_cfg
+
+    syn, val, coco = datasets
+    union = _cfg([syn, coco], [val], "MULTIMASK.CLASS_UNION", "True")
+    assert model_metadata(union).thing_classes == SYN_CLASSES + ["person"]
+    assert spec_from_cfg(union)["thing_classes"] == SYN_CLASSES + ["person"]
+    # the COCO set's contiguous person (0) and rectangle (1) -> the union's 3 and 1
+    assert model_class_ids(union, coco) == {0: 3, 1: 1}
+    agnostic = _cfg([syn, coco], [val], "MULTIMASK.CLASS_AGNOSTIC_TRAIN", "True")
+    assert model_metadata(agnostic).thing_classes == ["object"]
+    assert model_class_ids(agnostic, coco) == {0: 0, 1: 0}
+    # one class list: the test set's metadata, with its ids
+    same = _cfg([syn], [val])
+    assert model_metadata(same).thing_classes == SYN_CLASSES
+    assert model_class_ids(same, val) == {0: 0, 1: 1, 2: 2}
+
+
+def test_demo_given_boxes_take_the_union_ids(datasets):
+    """demo.py --boxes with a detections file in the COCO set's ids, for a union model."""
+    from types import SimpleNamespace
+
+    from .test_demo import _load_script
+
+    syn, val, coco = datasets
+    demo_script = _load_script("demo", "demo.py")
+    cfg = _cfg([syn, coco], [val], "MULTIMASK.CLASS_UNION", "True")
+    demo = SimpleNamespace(cfg=cfg, predictor=SimpleNamespace(num_classes=4))
+    args = SimpleNamespace(confidence_threshold=0.0, boxes_dataset=coco, boxes="dets.json")
+    records = [{"category_id": 4, "bbox": [1, 1, 10, 10], "score": 0.9},
+               {"category_id": 9, "bbox": [20, 20, 10, 10], "score": 0.8}]  # fmt: skip
+    given = demo_script._given(demo, args, records, np.zeros((96, 96, 3), np.uint8), "c0.png")
+    # person (COCO id 4) is the union's class 3, rectangle (id 9) its class 1
+    assert given.pred_classes.tolist() == [3, 1]
+    with pytest.raises(ValueError, match=r"--boxes dets.json, image c0.png: category ids \[7\]"):
+        demo_script._given(demo, args, [{"category_id": 7, "bbox": [1, 1, 5, 5]}],
+                           np.zeros((96, 96, 3), np.uint8), "c0.png")  # fmt: skip

@@ -45,6 +45,7 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import multimask  # noqa: E402,F401  (registers MultiMaskRCNN and its heads)
 from multimask.config import fall_back_to_cpu, get_multimask_cfg  # noqa: E402
+from multimask.engine.lazy_train import lazy_train_classes  # noqa: E402
 from multimask.utils.onnx_export import (  # noqa: E402
     DEFAULT_OPSET,
     OnnxMultiMaskRCNN,
@@ -118,7 +119,11 @@ def _lazy_model_and_spec(args):
             "transform the exported model's predictor applies)"
         )
     names = cfg.dataloader.test.dataset.names
-    classes, ids = dataset_classes(names if isinstance(names, str) else names[0])
+    train = lazy_train_classes(cfg)
+    if train.mode == "same":
+        classes, ids = dataset_classes(names if isinstance(names, str) else names[0])
+    else:  # one "object" class or the union of the training sets' (no dataset's ids fit it)
+        classes, ids = train.classes, None
     head = model.roi_heads.mask_head
     spec = spec_from_values(
         head.mask_names,

@@ -55,6 +55,7 @@ __all__ = [
     "lazy_do_train",
     "lazy_main",
     "build_lazy_validation_loss_hook",
+    "lazy_train_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _is_target(node, fn) -> bool:
     return target is not None and (locate(target) if isinstance(target, str) else target) is fn
 
 
-def _train_classes(cfg: DictConfig) -> TrainClasses:
+def lazy_train_classes(cfg: DictConfig) -> TrainClasses:
     """
     The training classes: ``dataloader.train.dataset``'s ``class_agnostic`` / ``class_union``
     when it is a ``multi_dataset_dicts`` (the YAML keys MULTIMASK.CLASS_AGNOSTIC_TRAIN /
@@ -121,7 +122,7 @@ def _check_datasets(cfg: DictConfig) -> None:
     """
     mask_names = list(cfg.model.roi_heads.mask_head.mask_names)
     check_train_mask_names(_split_names(cfg, "train"), _split_names(cfg, "test"), mask_names)
-    classes = _train_classes(cfg).classes
+    classes = lazy_train_classes(cfg).classes
     num_classes = cfg.model.roi_heads.num_classes
     if classes is not None and len(classes) != num_classes:
         raise ValueError(
@@ -185,7 +186,7 @@ def _build_test_loader(cfg: DictConfig):
             "eval_boxes": eval_boxes,
             "dataset_name": names[0],
         },
-        "id_map": _train_classes(cfg).id_maps.get(names[0]),
+        "id_map": lazy_train_classes(cfg).id_maps.get(names[0]),
         "key": GIVEN_INSTANCES,
     }
     return instantiate(node)
@@ -196,7 +197,7 @@ def _build_evaluator(cfg: DictConfig):
     ``dataloader.evaluator``; class-agnostic when the training dataset is class_agnostic, and
     with class_union the predicted classes mapped from the union to the test set's list.
     """
-    train = _train_classes(cfg)
+    train = lazy_train_classes(cfg)
     node = OmegaConf.to_container(cfg.dataloader.evaluator, resolve=True)
     if train.mode == "agnostic":
         node["class_agnostic"] = True
@@ -238,7 +239,7 @@ def build_lazy_validation_loss_hook(cfg: DictConfig, model) -> Optional[Validati
     batch_size = cfg.dataloader.train.get("total_batch_size", comm.get_world_size())
     # in the model's classes (class_agnostic / class_union remap the test set's ids)
     names = _split_names(cfg, "test")
-    id_map = _train_classes(cfg).id_maps.get(names[0]) if len(names) == 1 else None
+    id_map = lazy_train_classes(cfg).id_maps.get(names[0]) if len(names) == 1 else None
     loader = build_validation_loss_loader(
         remap_dataset_dicts(instantiate(test.dataset), id_map),
         instantiate(mapper_cfg),

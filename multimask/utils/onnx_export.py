@@ -284,27 +284,21 @@ def dataset_classes(dataset_name: Optional[str]) -> Tuple[Optional[list], Option
     (thing_classes, dataset ids) of a registered dataset, as the demo names classes; loads the
     dataset when its classes are only in its annotation file; (None, None) when unknown.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     if not dataset_name:
         return None, None
-    metadata = MetadataCatalog.get(dataset_name)
-    if metadata.get("thing_classes") is None and dataset_name in DatasetCatalog.list():
-        try:
-            DatasetCatalog.get(dataset_name)
-        except (OSError, ValueError) as e:
-            logger.warning(f"class names of {dataset_name!r} unknown ({e}); the model has none")
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
-    ids = None
-    if mapping:
-        inverse = {v: k for k, v in mapping.items()}
-        ids = [inverse[i] for i in range(len(inverse))]
-    return metadata.get("thing_classes", None), ids
+    from ..data.model_classes import dataset_ids, dataset_metadata_with_classes
+
+    metadata = dataset_metadata_with_classes(dataset_name)
+    return metadata.get("thing_classes", None), dataset_ids(metadata)
 
 
 def spec_from_cfg(cfg) -> Dict[str, Any]:
     """The ``export_onnx`` spec of a YAML config (INPUT.*, the head's names, DATASETS.TEST[0])."""
-    classes, ids = dataset_classes(cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
+    from ..data.model_classes import dataset_ids, model_metadata
+
+    # the model's classes: a test set's (with its ids), or "object" / the union of several sets
+    metadata = model_metadata(cfg)
+    classes, ids = metadata.get("thing_classes", None), dataset_ids(metadata)
     return spec_from_values(
         cfg.MODEL.ROI_MULTI_MASK_HEAD.MASK_NAMES,
         primary_mask_name(cfg),
