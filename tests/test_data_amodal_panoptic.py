@@ -104,3 +104,15 @@ def test_amodal_panoptic_bad_input_names_the_file(tmp_path):
     os.remove(os.path.join(img, "front", "seq01", "0007_rgb.jpg"))
     with pytest.raises(FileNotFoundError, match=r"frame front/seq01/0007: no image found; tried"):
         load_amodal_json(ann, img, "amodal_panoptic")
+
+
+def test_kitti360_aps_builtin_names(tmp_path):
+    """kitti360_aps_{train,val}: <split>/amodal_panoptic_seg and <split>/images under the root."""
+    from multimask.data.datasets.builtin import BUILTIN_AMODAL_LAYOUT_SPLITS, _load_builtin
+
+    fmt, image_dir, ann_dir = BUILTIN_AMODAL_LAYOUT_SPLITS["kitti360_aps_val"]
+    ann, img = write_frame(tmp_path / "kitti360_aps" / "val")
+    assert (str(tmp_path / ann_dir), str(tmp_path / image_dir)) == (ann, img)
+    (d,) = _load_builtin("kitti360_aps_val", fmt, ann, img, str(tmp_path))
+    assert [a["category_id"] for a in d["annotations"]] == [0, 1, 2]
+    assert MetadataCatalog.get("kitti360_aps_val").thing_classes == ["person", "car", "caravan"]

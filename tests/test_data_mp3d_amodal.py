@@ -87,3 +87,19 @@ def test_mp3d_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"evil.pkl: not an MP3D-Amodal annotation pickle: "
                        r"refusing to load posix.system"):
         load_amodal_json(pkl, str(tmp_path), "mp3d_amodal")
+
+
+def test_mp3d_builtin_names_read_the_released_files(tmp_path):
+    """mp3d_amodal_{train,eval}: the unpacked mp3d_*.zip beside MP3D_seleted_*_10.29.pkl."""
+    from multimask.data.datasets.builtin import BUILTIN_AMODAL_LAYOUT_SPLITS, _load_builtin
+
+    fmt, image_dir, pkl_rel = BUILTIN_AMODAL_LAYOUT_SPLITS["mp3d_amodal_eval"]
+    assert pkl_rel.endswith("MP3D_seleted_eval_10.29.pkl") and fmt == "mp3d_amodal"
+    image_root, pkl = str(tmp_path / image_dir), str(tmp_path / pkl_rel)
+    write_images(image_root, mp3d_content()["images"])
+    with open(pkl, "wb") as f:
+        pickle.dump(mp3d_content(), f)
+    dicts = _load_builtin("mp3d_amodal_eval", fmt, pkl, image_root, str(tmp_path))
+    check(dicts)
+    # its depth_constraint (empty: one region) is the stated occlusion order, with no pair
+    assert dicts[0]["occlusion_order"] == []

@@ -62,3 +62,25 @@ def test_walt_bad_input_names_the_annotation(tmp_path, change, message):
     json_file, image_root = write_dataset(tmp_path, anns, IMAGES, CATEGORIES)
     with pytest.raises(ValueError, match=message):
         load_amodal_json(json_file, image_root, "walt")
+
+
+def test_walt_builtin_names_read_walts_folders(tmp_path):
+    """walt_train / walt_test: WALT's cwalt_{train,test}/ann.json with images/ beside it."""
+    import json
+    import os
+
+    from multimask.data.datasets.builtin import BUILTIN_AMODAL_LAYOUT_SPLITS, _load_builtin
+
+    from .test_data_coco import write_images
+
+    for name in ("walt_train", "walt_test"):
+        fmt, image_dir, json_rel = BUILTIN_AMODAL_LAYOUT_SPLITS[name]
+        image_root, json_file = str(tmp_path / image_dir), str(tmp_path / json_rel)
+        images = [dict(IMAGES[0], file_name="images/cam1.png")]  # as WALT's save_json names them
+        os.makedirs(os.path.join(image_root, "images"))
+        write_images(image_root, images)
+        with open(json_file, "w") as f:
+            json.dump({"images": images, "annotations": ANNS, "categories": CATEGORIES}, f)
+        (d,) = _load_builtin(name, fmt, json_file, image_root, str(tmp_path))
+        assert d["file_name"] == os.path.join(image_root, "images", "cam1.png")
+        assert len(d["annotations"]) == 3 and fmt == "walt"

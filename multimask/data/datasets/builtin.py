@@ -21,6 +21,17 @@ own builtins are, with this layout::
       amodal_synth_drive/{train,val}/images/front/<video>/<frame>_rgb.jpg       (AmodalSynthDrive)
       amodal_synth_drive/{train,val}/amodal_instance_seg/front/<video>/<frame>_aminseg.{json,png}
       amodal_synth_drive/{train,val}/amodal_panoptic_seg/<camera>/<seq>/<frame>_ampano.{png,json}
+      kitti360_aps/{train,val}/images/<seq>/<frame>_rgb.png                      (KITTI-360-APS)
+      kitti360_aps/{train,val}/amodal_panoptic_seg/<seq>/<frame>_ampano.{png,json}
+      cwalt_train/ann.json  cwalt_train/images/   cwalt_test/ann.json  cwalt_test/images/   (WALT)
+      mp3d_amodal/mp3d_train/  mp3d_amodal/MP3D_seleted_train_10.29.pkl               (MP3D-Amodal)
+      mp3d_amodal/mp3d_eval/   mp3d_amodal/MP3D_seleted_eval_10.29.pkl
+
+WALT's folders are those of its configs (``data/cwalt_train/`` and ``data/cwalt_test/``, each with
+its ``ann.json`` and the images it names); MP3D-Amodal's are its released files
+(``mp3d_{train,eval}.zip`` unpacked, and the two pickles). KITTI-360-APS follows the amodal
+panoptic evaluation's rule (an ``amodal_panoptic_seg`` folder under a base directory) with the
+split folders of AmodalSynthDrive: the public code read for it fixes no split folder names.
 
 The classes of the KINS and COCOA names are known before loading, as their files list them (KINS
 2020: 8 categories, ``rider`` unused; KINS 2019: 7; COCOA: ``object``); COCOA-cls and D2SA names get
@@ -93,6 +104,24 @@ BUILTIN_AMODAL_LAYOUT_SPLITS: Dict[str, Tuple[str, str, str]] = {
             f"{_ASD}{split}/amodal_panoptic_seg",
         )
         for split in ("train", "val")
+    },
+    **{
+        f"kitti360_aps_{split}": (
+            "kitti360_aps",
+            f"kitti360_aps/{split}/images",
+            f"kitti360_aps/{split}/amodal_panoptic_seg",
+        )
+        for split in ("train", "val")
+    },
+    # WALT's configs: data_root 'data/cwalt_train/', data_root_test 'data/cwalt_test/'
+    **{f"walt_{s}": ("walt", f"cwalt_{s}", f"cwalt_{s}/ann.json") for s in ("train", "test")},
+    **{
+        f"mp3d_amodal_{split}": (
+            "mp3d_amodal",
+            f"mp3d_amodal/mp3d_{split}",
+            f"mp3d_amodal/MP3D_seleted_{split}_10.29.pkl",
+        )
+        for split in ("train", "eval")
     },
 }
 
