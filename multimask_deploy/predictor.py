@@ -88,8 +88,11 @@ class OnnxMultiMaskPredictor:
             providers: onnxruntime execution providers; None = ["CPUExecutionProvider"].
             num_threads: onnxruntime's intra-op threads; 0 = its default (all cores).
             confidence_threshold: keep detections scoring above it (as the demo's
-                ``--confidence-threshold``, which sets SCORE_THRESH_TEST); None = the exported
-                model's SCORE_THRESH_TEST. It cannot be lower than that.
+                ``--confidence-threshold``, which sets SCORE_THRESH_TEST); None = every detection
+                of the graph, which applied the exported model's SCORE_THRESH_TEST to the box
+                scores (with MaskIoU, the scores it returns are then rescaled, as in eager
+                inference). It cannot be lower than that; a higher one filters the returned
+                (with MaskIoU: rescaled) scores.
 
         Raises:
             FileNotFoundError: no such file.
@@ -122,6 +125,9 @@ class OnnxMultiMaskPredictor:
                 "under it are not in the graph; export again with a lower SCORE_THRESH_TEST"
             )
         self.confidence_threshold = float(confidence_threshold)
+        # the graph filtered at `floor` already; filtering its (MaskIoU-rescaled) scores again
+        # would drop detections eager inference keeps
+        self._filter = self.confidence_threshold > floor
 
     def _read_metadata(self, path: str) -> Dict[str, Any]:
         inputs = tuple(i.name for i in self.session.get_inputs())
@@ -186,11 +192,14 @@ class OnnxMultiMaskPredictor:
             image_bgr: shape (H, W, 3), uint8 BGR (as cv2.imread gives it).
 
         Returns:
-            the detections scoring above ``confidence_threshold``, masks pasted at (H, W).
+            the detections scoring above ``confidence_threshold`` (all the graph's at the
+            default), masks pasted at (H, W).
         """
         size = image_bgr.shape[:2]
         out = self.run(self.preprocess(image_bgr), size)
         keep = out["scores"] > self.confidence_threshold
+        if not self._filter:
+            keep[:] = True
         boxes, raw = out["pred_boxes"][keep], out["pred_multimasks"][keep]
         n, k = raw.shape[:2]
         pasted = paste_masks(

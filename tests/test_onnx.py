@@ -33,6 +33,8 @@ HEADS = {
         ("amodal", "visible", "occluded"),
         ["SHARED_CONVS", 1, "FLOW", [["visible", "amodal"]], "FC_FUSION", ["amodal"]],
     ),
+    # Mask Scoring: the predicted IoU multiplies the scores inside the graph
+    "k2_maskiou": (("amodal", "visible"), ["MASKIOU_ON", True]),
 }
 
 
@@ -75,9 +77,13 @@ def exported(request, tmp_path_factory):
     model = get_tiny_model(cfg).eval()
     wrapper = OnnxMultiMaskRCNN(model)
     size = torch.tensor([64, 64])
+    # the box scores the threshold filters: MaskIoU rescales them only after that filter
+    head = model.roi_heads.mask_head
+    scored, head.maskiou_indices = head.maskiou_indices, []
     with torch.no_grad():
         blank = wrapper(torch.zeros(3, 40, 56), torch.tensor([40, 56]))[1].max().item()
         busy = wrapper(_image(64, 64, 0), size)[1].max().item()
+    head.maskiou_indices = scored
     assert blank < busy
     threshold = (blank + busy) / 2
     path = str(tmp_path_factory.mktemp(request.param) / "model.onnx")
@@ -108,7 +114,10 @@ def test_onnxruntime_matches_eager(exported, shape):
     eager = ref.pred_multimasks.numpy()
     for i in range(len(ref)):
         for j in range(k):
-            assert _iou(pasted[i, j], eager[i, j]) >= 0.99, (i, j)
+            # random weights leave probabilities near the 0.5 threshold (they are checked to
+            # 1e-3 above): a small mask may differ by a pixel or two
+            differ = np.logical_xor(pasted[i, j], eager[i, j]).sum()
+            assert _iou(pasted[i, j], eager[i, j]) >= 0.99 or differ <= 2, (i, j, differ)
 
 
 def test_image_without_detection(exported):
@@ -137,12 +146,17 @@ def test_predictor_gives_what_the_eager_predictor_gives(exported):
     with torch.no_grad():
         inst = model.inference([{"image": image}], do_postprocess=False)[0]
         ref = multimask_postprocess(inst, 64, 64, model.roi_heads.mask_head.primary_index)
-    keep = (ref.scores > predictor.confidence_threshold).numpy()
+    keep = np.ones(len(ref), bool)  # the default keeps what the graph (and eager inference) keeps
     assert len(pred) == keep.sum() > 0
     np.testing.assert_allclose(pred.boxes, ref.pred_boxes.tensor.numpy()[keep], atol=0.01)
     eager = ref.pred_multimasks.numpy()[keep]
     ious = [_iou(a, b) for a, b in zip(pred.masks.reshape(-1, 64, 64), eager.reshape(-1, 64, 64))]
     assert min(ious) >= 0.99
+    # a higher threshold filters the returned scores, as the demo's --confidence-threshold
+    # (with MaskIoU the returned scores are rescaled, and may lie under the export's floor)
+    higher = max(float(np.median(pred.scores)), predictor.confidence_threshold + 1e-6)
+    strict = OnnxMultiMaskPredictor(path, num_threads=1, confidence_threshold=higher)(bgr)
+    assert len(strict) == (ref.scores.numpy() > higher).sum() < len(pred)
 
 
 def test_corrupt_and_mismatched_files_are_clear_errors(exported, tmp_path):
@@ -185,11 +199,6 @@ def test_corrupt_and_mismatched_files_are_clear_errors(exported, tmp_path):
 
 
 def test_options_without_an_onnx_form_are_named():
-    cfg = get_tiny_config(("amodal", "visible"))
-    cfg.MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_ON = True
-    model = get_tiny_model(cfg).eval()
-    with pytest.raises(ValueError, match="MASKIOU_ON"):
-        check_onnx_exportable(model, 17)
     model = get_tiny_model(get_tiny_config(("amodal", "visible"))).eval()
     with pytest.raises(ValueError, match="ROI_BOX_HEAD.POOLER_TYPE.*--opset 16"):
         check_onnx_exportable(model, 11)

@@ -53,7 +53,15 @@ class MaskIoUHead(nn.Module):
         Returns:
             Tensor of shape (R, Ks, C), predicted IoU per scored mask and class.
         """
-        masks = F.adaptive_max_pool2d(masks, features.shape[-2:])
+        # the sides are fixed by the config: plain ints, constants when traced for ONNX
+        (mh, mw), (fh, fw) = (int(v) for v in masks.shape[-2:]), (int(v) for v in features.shape[-2:])
+        if mh % fh == 0 and mw % fw == 0:
+            # M = k S (28 = 2 x 14 with the stock heads): k x k windows, which is what adaptive
+            # pooling computes then, in a form the ONNX exporter writes (adaptive pooling to a
+            # size read from a tensor it does not)
+            masks = F.max_pool2d(masks, (mh // fh, mw // fw))
+        else:
+            masks = F.adaptive_max_pool2d(masks, (fh, fw))
         y = self.conv2(self.conv1(torch.cat([features, masks.to(features.dtype)], dim=1)))
         y = F.relu(self.fc2(F.relu(self.fc1(y.flatten(1)))))
         return self.predictor(y).view(y.shape[0], self.num_masks, self.num_classes)

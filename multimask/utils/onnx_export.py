@@ -141,12 +141,6 @@ def check_onnx_exportable(model: nn.Module, opset: int) -> None:
             "the model has no proposal generator (MODEL.PROPOSAL_GENERATOR.NAME 'PrecomputedProposals'"
             "): the exported graph would need proposals as an input, which it does not take"
         )
-    if len(getattr(mask_head, "maskiou_indices", [])) > 0:
-        raise ValueError(
-            "MODEL.ROI_MULTI_MASK_HEAD.MASKIOU_ON: the MaskIoU branch pools the masks with "
-            "adaptive_max_pool2d to the features' size, which torch's ONNX exporter cannot write "
-            "(output size not constant while tracing); export a model without MaskIoU"
-        )
     keys = {"box": "MODEL.ROI_BOX_HEAD.POOLER_TYPE", "mask": "MODEL.ROI_MULTI_MASK_HEAD.POOLER_TYPE"}
     for name, aligned in _aligned_poolers(model).items():
         if aligned and opset < _MIN_OPSET_ALIGNED:
