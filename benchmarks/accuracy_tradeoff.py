@@ -72,6 +72,8 @@ RUNS = {
     "towers2_fc2_hidden3": _TOWERS2
     + [_HEAD + "FC_FUSION", "['amodal','visible']"]
     + [_HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',3.0]]"],
+    # the all-shared head with the hidden-part weight: no inference cost, no extra layer
+    "joint_shared_hidden3": [_HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',3.0]]"],
     "towers2_maskiou": _TOWERS2 + [_HEAD + "MASKIOU_ON", "True"],
     "towers2_occluder": _TOWERS2 + _OCCLUDER,
     # both the visible and the occluder tower feed the amodal one (BCNet's occluder -> occludee)
