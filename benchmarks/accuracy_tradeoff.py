@@ -74,6 +74,8 @@ RUNS = {
     + [_HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',3.0]]"],
     # the all-shared head with the hidden-part weight: no inference cost, no extra layer
     "joint_shared_hidden3": [_HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',3.0]]"],
+    # a smaller hidden-part weight: how much of hidden3's gain it keeps, and of the amodal AP it costs
+    "joint_shared_hidden2": [_HEAD + "HIDDEN_WEIGHTS", "[['amodal','visible',2.0]]"],
     "towers2_maskiou": _TOWERS2 + [_HEAD + "MASKIOU_ON", "True"],
     "towers2_occluder": _TOWERS2 + _OCCLUDER,
     # both the visible and the occluder tower feed the amodal one (BCNet's occluder -> occludee)
