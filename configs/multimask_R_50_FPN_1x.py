@@ -19,8 +19,11 @@ from .common.train import custom_imports, train
 
 model.roi_heads.num_classes = 3
 model.roi_heads.mask_head.mask_names = ["amodal", "visible"]
-# The occlusion-aware options (see README), e.g. the head the quick and Amodal/ configs use (towers
-# after 2 shared convs, PANet's FC fusion), or visible features feeding the amodal branch:
+# The hidden part of the amodal mask weighs 2 in its loss, as in the quick and Amodal/ configs
+# (BENCHMARKS.md section 7c; [] turns it off):
+model.roi_heads.mask_head.hidden_weights = [["amodal", "visible", 2.0]]
+# The occlusion-aware options (see README), e.g. towers after 2 shared convs with PANet's FC fusion
+# (more accurate, 1.33x Mask R-CNN's train step), or visible features feeding the amodal branch:
 # model.roi_heads.mask_head.shared_convs = 2; model.roi_heads.mask_head.fc_fusion = ["amodal", "visible"]
 # model.roi_heads.mask_head.flow = [["visible", "amodal"]]
 # model.roi_heads.mask_head.constraints = [["contains", "amodal", "visible"]]

@@ -32,6 +32,9 @@ def test_quick_py_builds_the_quick_yaml_model():
     torch.manual_seed(0)
     from_py = instantiate(LazyConfig.load(QUICK_PY).model).eval()
     assert _signature(from_yaml) == _signature(from_py)
+    # the same loss: the configs' hidden-part weight (amodal outside visible weighs 2)
+    assert from_yaml.roi_heads.mask_head.hidden_weights == [(0, 1, 2.0)]
+    assert from_py.roi_heads.mask_head.hidden_weights == [(0, 1, 2.0)]
     # same construction order, so the same seed gives the same weights and the same predictions
     sd = from_py.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in from_yaml.state_dict().items())
@@ -54,6 +57,7 @@ def test_r50_model_matches_the_base_yaml():
     assert _signature(build_model(cfg)) == _signature(instantiate(lazy.model))
     full = LazyConfig.load(f"{REPO_ROOT}/configs/multimask_R_50_FPN_1x.py")
     assert full.model.roi_heads.mask_head.mask_names == ["amodal", "visible"]
+    assert full.model.roi_heads.mask_head.hidden_weights == [["amodal", "visible", 2.0]]
     assert full.train.max_iter == 90000
 
 

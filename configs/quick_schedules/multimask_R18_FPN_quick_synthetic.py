@@ -37,6 +37,8 @@ model.roi_heads.mask_head.conv_dims = [64, 64, 64, 64, 64]
 # fc_fusion = ["amodal", "visible"]; BENCHMARKS.md sections 7b and 7c)
 model.roi_heads.mask_head.shared_convs = -1
 model.roi_heads.mask_head.fc_fusion = []
+# the YAML's hidden-part loss weight (BENCHMARKS.md section 7c)
+model.roi_heads.mask_head.hidden_weights = [["amodal", "visible", 2.0]]
 model.roi_heads.mask_head.maskiou_dim = 64  # CONV_DIM, as the YAML's MaskIoU branch takes it
 
 optimizer.lr = 0.02

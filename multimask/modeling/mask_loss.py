@@ -149,7 +149,11 @@ def parse_hidden_weights(
         whole, visible, weight = entry
         unknown = [n for n in (whole, visible) if n not in names]
         if unknown:
-            raise ValueError(f"{where}: mask names {unknown} are not in MASK_NAMES {names}.")
+            raise ValueError(
+                f"{where}: mask names {unknown} are not in MASK_NAMES {names}. The quick and "
+                "Amodal/ configs weigh the hidden part of 'amodal' (outside 'visible'); for other "
+                "masks name yours, or set HIDDEN_WEIGHTS [] to turn it off."
+            )
         if whole == visible:
             raise ValueError(f"{where}: the whole and the visible mask must differ.")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
