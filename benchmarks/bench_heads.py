@@ -10,7 +10,9 @@ rounds; ratios are medians of per-round ratios).
 Variants added to bench_model.py's (K = 2, amodal + visible):
   mm_k2          the all-shared head (SHARED_CONVS -1, FC_FUSION [])       (bench_model's own)
   mm_k2_t2       the plain towers: SHARED_CONVS 2, FC_FUSION []
-  mm_k2_t2_fc2   the shipped head: SHARED_CONVS 2, FC_FUSION ['amodal','visible']
+  mm_k2_t2_fc2   towers with FC fusion: SHARED_CONVS 2, FC_FUSION ['amodal','visible']
+  mm_k2_hidden2  the configs' head: all-shared, HIDDEN_WEIGHTS [['amodal','visible',2.0]] (a loss
+                 weight: train cost only; bench_model's nested masks give every object a hidden part)
 """
 
 import os
@@ -25,6 +27,7 @@ from benchmarks import bench_model  # noqa: E402
 HEADS = {
     "mm_k2_t2": {"k": 2, "shared": 2, "fc_fusion": []},
     "mm_k2_t2_fc2": {"k": 2, "shared": 2, "fc_fusion": ["amodal", "visible"]},
+    "mm_k2_hidden2": {"k": 2, "shared": -1, "hidden_weights": [["amodal", "visible", 2.0]]},
 }
 bench_model.VARIANTS.update(HEADS)
 _build_cfg = bench_model.build_cfg
@@ -35,6 +38,7 @@ def build_cfg(variant, args):
     spec = bench_model.VARIANTS[variant]
     if not spec.get("d2"):
         cfg.MODEL.ROI_MULTI_MASK_HEAD.FC_FUSION = list(spec.get("fc_fusion", []))
+        cfg.MODEL.ROI_MULTI_MASK_HEAD.HIDDEN_WEIGHTS = [list(e) for e in spec.get("hidden_weights", [])]
     return cfg
 
 
